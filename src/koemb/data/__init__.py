@@ -1,0 +1,1 @@
+"""Readers for the text, pair and evaluation formats koemb consumes."""

@@ -1,0 +1,1 @@
+"""Vocabulary work: canonical token forms, donor training, the diff, tokenizer expansion, stats."""
