@@ -1,0 +1,183 @@
+"""Losses as pure functions of embeddings, plus the collective that makes them exact on many processes.
+
+A training objective embeds its texts and then calls one of these; nothing here touches a model or
+a tokenizer, so every function is tested on hand-made tensors and reused unchanged by the cached
+(GradCache) and distributed paths.
+
+Shapes: B queries, N candidate documents, D embedding size, W processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+# Large negative instead of -inf: a row whose every candidate is masked would give NaN with -inf,
+# and bf16 cannot hold -inf * 0 cleanly either.
+_MASKED = -1e4
+
+
+def infonce(
+    q: torch.Tensor,
+    c: torch.Tensor,
+    positive: torch.Tensor,
+    *,
+    temperature: float = 0.05,
+    c_keys: torch.Tensor | None = None,
+    q_keys: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Contrastive loss of queries against a shared pool of candidates (in-batch + hard negatives).
+
+    q: (B, D) query embeddings; c: (N, D) candidates, N >= B (every query's positive, then any hard
+    negatives); positive: (B,) index into c of each query's positive.
+    Both are L2-normalised here, so the logits are cosines / temperature.
+
+    False negatives: c_keys (N,) int64 identifies a candidate's text or group (equal keys = same
+    text or same group id); a candidate with the same key as a query's positive, other than the
+    positive itself, is masked out for that query (ChatbotData repeats answers: 11,823 rows,
+    7,779 distinct). q_keys (B,), optional, masks candidates whose key equals the query's own key
+    (e.g. a span-pair whose other half is in the batch as a document of another pair).
+    Returns the mean over the B queries (a scalar).
+    """
+    if q.ndim != 2 or c.ndim != 2 or q.shape[1] != c.shape[1]:
+        raise ValueError(f"infonce expects q (B, D) and c (N, D), got {tuple(q.shape)} and {tuple(c.shape)}")
+    q = F.normalize(q.float(), dim=-1)
+    c = F.normalize(c.float(), dim=-1)
+    logits = q @ c.T / temperature  # (B, N)
+    mask = false_negative_mask(positive, c.shape[0], c_keys=c_keys, q_keys=q_keys)
+    if mask is not None:
+        logits = logits.masked_fill(mask, _MASKED)
+    return F.cross_entropy(logits, positive)
+
+
+def false_negative_mask(
+    positive: torch.Tensor, n: int, *, c_keys: torch.Tensor | None, q_keys: torch.Tensor | None
+) -> torch.Tensor | None:
+    """(B, N) bool: True where candidate j must not count as a negative for query i."""
+    if c_keys is None:
+        return None
+    pos_keys = c_keys[positive]  # (B,)
+    mask = pos_keys[:, None] == c_keys[None, :]  # (B, N) same text/group as the positive
+    if q_keys is not None:
+        mask |= q_keys[:, None] == c_keys[None, :]
+    # The positive itself always stays.
+    mask[torch.arange(positive.shape[0], device=positive.device), positive] = False
+    return mask
+
+
+def distill(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    *,
+    kind: Literal["cosine", "mse"] = "cosine",
+    relational: float = 0.0,
+) -> torch.Tensor:
+    """Match the student's pooled embeddings to the teacher's.
+
+    student, teacher: (B, D) (the teacher is detached by the caller; a cached teacher simply is).
+    cosine: mean of 1 - cos(s_i, t_i); mse: mean squared error per dimension of the normalised
+    embeddings (normalised because both models' outputs are used normalised).
+    relational (weight >= 0): adds MSE between the two (B, B) cosine-similarity matrices, which keeps
+    the geometry among texts even where single vectors cannot match exactly.
+    """
+    if student.shape != teacher.shape:
+        raise ValueError(f"distill expects equal shapes, got {tuple(student.shape)} and {tuple(teacher.shape)}")
+    s = F.normalize(student.float(), dim=-1)
+    t = F.normalize(teacher.float(), dim=-1)
+    loss = POINT_LOSSES[kind](s, t)
+    if relational:
+        loss = loss + relational * F.mse_loss(s @ s.T, t @ t.T)
+    return loss
+
+
+POINT_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "cosine": lambda s, t: (1.0 - (s * t).sum(-1)).mean(),
+    "mse": lambda s, t: F.mse_loss(s, t),
+}
+
+
+class _AllGather(torch.autograd.Function):
+    """all_gather whose backward hands each process the gradient of its own slice summed over processes.
+
+    Each process p computes a loss L_p on the gathered tensor; DDP then AVERAGES parameter gradients.
+    Summing the slice gradients over processes gives every local tensor d(sum_p L_p)/dx, so after DDP's
+    1/W the parameters get d(mean_p L_p)/dθ: exactly the one-process gradient on the global batch
+    (with equal local batch sizes, mean_p L_p is the global mean loss).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # x: (b, ...) -> (W*b, ...)
+        ctx.rank = dist.get_rank()
+        ctx.b = x.shape[0]
+        out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(out, x.contiguous())
+        return torch.cat(out, 0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.rank * ctx.b : (ctx.rank + 1) * ctx.b]
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_gather(x: torch.Tensor) -> torch.Tensor:
+    """Differentiable all_gather along dim 0 (identity on one process). Local sizes must be equal."""
+    if not is_distributed():
+        return x
+    return _AllGather.apply(x)
+
+
+def all_gather_nograd(x: torch.Tensor) -> torch.Tensor:
+    """all_gather along dim 0 for tensors that need no gradient (keys, ids)."""
+    if not is_distributed():
+        return x
+    out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, x.contiguous())
+    return torch.cat(out, 0)
+
+
+def gathered_infonce(
+    q: torch.Tensor,
+    d: torch.Tensor,
+    *,
+    negatives: torch.Tensor | None = None,
+    temperature: float = 0.05,
+    d_keys: torch.Tensor | None = None,
+    neg_keys: torch.Tensor | None = None,
+    q_keys: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """InfoNCE of this process's queries against the GLOBAL pool of documents and hard negatives.
+
+    q: (b, D) local queries; d: (b, D) their positives; negatives: (b*H, D) or None; keys as in
+    `infonce` (d_keys (b,), neg_keys (b*H,), q_keys (b,)). On one process this is `infonce` on the
+    batch; on W processes the documents are gathered differentiably, the local loss is the mean
+    over local queries, and DDP's averaging makes the step equal to the one-process step.
+    """
+    rank = dist.get_rank() if is_distributed() else 0
+    b = q.shape[0]
+    parts, keys = [all_gather(d)], [all_gather_nograd(d_keys) if d_keys is not None else None]
+    if negatives is not None:
+        parts.append(all_gather(negatives))
+        keys.append(all_gather_nograd(neg_keys) if neg_keys is not None else None)
+    c = torch.cat(parts, 0)  # (W*b + W*b*H, D): the global positives first, then the global negatives
+    c_keys = None
+    if d_keys is not None and (negatives is None or neg_keys is not None):
+        c_keys = torch.cat([k for k in keys if k is not None], 0)
+    positive = torch.arange(rank * b, rank * b + b, device=q.device)
+    return infonce(q, c, positive, temperature=temperature, c_keys=c_keys, q_keys=q_keys)
+
+
+def text_keys(texts: Sequence[str], device: torch.device | str = "cpu") -> torch.Tensor:
+    """(len,) int64 keys equal for equal texts, stable across processes (not Python's salted hash)."""
+    import hashlib
+
+    vals = [int.from_bytes(hashlib.blake2b(t.encode("utf-8"), digest_size=8).digest(), "little", signed=True) for t in texts]
+    return torch.tensor(vals, dtype=torch.int64, device=device)

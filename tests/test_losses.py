@@ -1,0 +1,103 @@
+"""Losses on hand-made tensors: values computed by hand, masking, and the one-process gather."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from koemb.train.losses import distill, false_negative_mask, gathered_infonce, infonce, text_keys
+
+
+def _unit(*rows: list[float]) -> torch.Tensor:
+    return F.normalize(torch.tensor(rows, dtype=torch.float32), dim=-1)
+
+
+def test_infonce_matches_hand_computation():
+    q = _unit([1, 0], [0, 1])
+    c = _unit([1, 0], [1, 1])
+    t = 0.5
+    # query 0: cos to c0 = 1, to c1 = 1/sqrt2; query 1 (positive c1): cos 0 and 1/sqrt2.
+    s = 1 / math.sqrt(2)
+    l0 = -math.log(math.exp(1 / t) / (math.exp(1 / t) + math.exp(s / t)))
+    l1 = -math.log(math.exp(s / t) / (math.exp(0) + math.exp(s / t)))
+    got = infonce(q, c, torch.tensor([0, 1]), temperature=t)
+    assert got.item() == pytest.approx((l0 + l1) / 2, rel=1e-6)
+
+
+def test_infonce_normalises_inputs_and_ranks_correct_pairs_lower():
+    q = torch.tensor([[3.0, 0.0], [0.0, 5.0]])
+    good = infonce(q, q * 2, torch.tensor([0, 1]), temperature=0.05)
+    bad = infonce(q, q.flip(0), torch.tensor([0, 1]), temperature=0.05)
+    assert good.item() < 1e-6
+    assert bad.item() > 10
+
+
+def test_duplicate_positive_is_masked_as_negative():
+    # Candidates: d0, d1, and d2 == d0 (same answer text twice in one batch).
+    q = _unit([1, 0.1], [0.2, 1], [1, 0.1])
+    c = _unit([1, 0], [0, 1], [1, 0])
+    keys = torch.tensor([7, 8, 7])
+    pos = torch.tensor([0, 1, 2])
+    masked = infonce(q, c, pos, temperature=0.1, c_keys=keys)
+    # Reference: each query sees its positive plus only the candidates with other keys.
+    ref = []
+    for i in range(3):
+        keep = [j for j in range(3) if j == pos[i] or keys[j] != keys[pos[i]]]
+        logits = (q[i : i + 1] @ c[keep].T) / 0.1
+        ref.append(F.cross_entropy(logits, torch.tensor([keep.index(int(pos[i]))])))
+    assert masked.item() == pytest.approx(torch.stack(ref).mean().item(), rel=1e-6)
+    unmasked = infonce(q, c, pos, temperature=0.1)
+    assert unmasked.item() > masked.item() + 0.4  # the duplicate really was hurting (about ln 2 per affected query)
+
+
+def test_group_ids_and_query_keys_mask():
+    pos = torch.tensor([0, 1])
+    m = false_negative_mask(pos, 4, c_keys=torch.tensor([1, 2, 1, 3]), q_keys=torch.tensor([9, 3]))
+    assert m.tolist() == [[False, False, True, False], [False, False, False, True]]
+
+
+def test_hard_negatives_increase_the_loss():
+    q = _unit([1, 0], [0, 1])
+    d = _unit([1, 0], [0, 1])
+    hard = _unit([1, 0.05], [0.05, 1])
+    base = infonce(q, d, torch.tensor([0, 1]), temperature=0.05)
+    with_hard = infonce(q, torch.cat([d, hard]), torch.tensor([0, 1]), temperature=0.05)
+    assert with_hard.item() > base.item() + 0.5
+
+
+def test_gathered_infonce_on_one_process_is_infonce():
+    g = torch.Generator().manual_seed(0)
+    q, d, n = (torch.randn(4, 8, generator=g) for _ in range(3))
+    keys = text_keys(["a", "b", "a", "c"])
+    nkeys = text_keys(["x", "y", "b", "z"])
+    got = gathered_infonce(q, d, negatives=n, temperature=0.1, d_keys=keys, neg_keys=nkeys)
+    ref = infonce(q, torch.cat([d, n]), torch.arange(4), temperature=0.1, c_keys=torch.cat([keys, nkeys]))
+    assert got.item() == pytest.approx(ref.item(), rel=1e-6)
+
+
+def test_distill_cosine_mse_and_relational():
+    t = _unit([1, 0], [0, 1], [1, 1])
+    assert distill(t * 3, t).item() == pytest.approx(0.0, abs=1e-7)
+    s = _unit([0, 1], [0, 1], [1, 1])  # first row at 90 degrees: cosine loss 1/3
+    assert distill(s, t, kind="cosine").item() == pytest.approx(1 / 3, rel=1e-6)
+    assert distill(s, t, kind="mse").item() == pytest.approx(((s - t) ** 2).mean().item(), rel=1e-6)
+    # A rotation keeps the geometry among texts: the relational term adds nothing.
+    rot = torch.tensor([[0.0, -1.0], [1.0, 0.0]])
+    r = t @ rot
+    assert distill(r, t, relational=1.0).item() == pytest.approx(distill(r, t).item(), abs=1e-6)
+    assert distill(s, t, relational=1.0).item() > distill(s, t).item()
+
+
+def test_distill_gradient_reaches_only_the_student():
+    s = torch.randn(3, 4, requires_grad=True)
+    t = torch.randn(3, 4)
+    distill(s, t, relational=0.5).backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0
+
+
+def test_text_keys_equal_for_equal_texts():
+    k = text_keys(["안녕", "hello", "안녕"])
+    assert k[0] == k[2] and k[0] != k[1]
