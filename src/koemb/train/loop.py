@@ -1,0 +1,304 @@
+"""The one training loop: every stage of every pipeline runs through `train_stage`.
+
+setup (trainable parameters) -> optimizer + schedule -> resume? -> for each step: micro-batches
+(embed once per role, objectives, backward, optionally through GradCache) -> clip -> step ->
+log -> checkpoint -> finish (write new rows back / merge LoRA) -> plain model.
+
+Built on accelerate: the same code runs on the CPU, one GPU (bf16 autocast) or several processes
+(DDP); the losses gather embeddings so that gradients equal a one-process run on the global batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from koemb.train.checkpoint import latest_for_stage, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from koemb.train.data import Source, TextBatch, collate, plan_batches, read_examples
+from koemb.train.encode import EncodeSpec, embed, tokenize
+from koemb.train.stage import SCHEDULES, StageConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """How a stage runs (not what it learns): checkpoints, logging, precision."""
+
+    checkpoint_dir: Path
+    log_dir: Path | None = None
+    checkpoint_every: int = 0  # optimizer steps; 0 = only at the end of the stage
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    gradient_checkpointing: bool = False
+    progress: bool = True
+    stop_after_steps: int | None = None  # testing a crash: leave the loop after this many steps
+
+
+@dataclass
+class Teacher:
+    """The base model on the BASE tokenisation; embeddings cached by text (a fixed data set repeats)."""
+
+    model: nn.Module
+    tokenizer: Any
+    spec: EncodeSpec
+    batch_size: int = 32
+    cache: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @torch.no_grad()
+    def embed(self, texts: list[str], device: torch.device) -> torch.Tensor:
+        todo = sorted({t for t in texts if t not in self.cache}, key=len)
+        dev = next(self.model.parameters()).device
+        for i in range(0, len(todo), self.batch_size):
+            chunk = todo[i : i + self.batch_size]
+            enc = {k: v.to(dev) for k, v in tokenize(self.tokenizer, chunk, self.spec).items()}
+            for t, e in zip(chunk, embed(self.model, enc, self.spec).float().cpu()):
+                self.cache[t] = e
+        return torch.stack([self.cache[t] for t in texts]).to(device)  # (n, D)
+
+
+class RunLogger:
+    """JSONL (always) and TensorBoard (when available) on the main process."""
+
+    def __init__(self, log_dir: Path | None, enabled: bool):
+        self.enabled = enabled and log_dir is not None
+        self.fh = None
+        self.tb = None
+        if self.enabled:
+            log_dir.mkdir(parents=True, exist_ok=True)
+            self.fh = (log_dir / "train.jsonl").open("a", encoding="utf-8")
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(log_dir / "tensorboard"))
+            except Exception as exc:  # tensorboard is optional at run time
+                log.warning("TensorBoard logging off: %s", exc)
+
+    def write(self, record: dict[str, Any], global_step: int) -> None:
+        if not self.enabled:
+            return
+        self.fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.fh.flush()
+        if self.tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("step", "global_step"):
+                    self.tb.add_scalar(f"{record['stage']}/{k}", v, global_step)
+
+    def close(self) -> None:
+        if self.fh:
+            self.fh.close()
+        if self.tb:
+            self.tb.close()
+
+
+def load_sources(stage: StageConfig) -> list[Source]:
+    return [Source(d.path, d.weight, read_examples(d.path, d.limit)) for d in stage.data]
+
+
+def _slice(enc: dict[str, torch.Tensor], a: int, b: int) -> dict[str, torch.Tensor]:
+    return {k: v[a:b] for k, v in enc.items()}
+
+
+def _micro_step(
+    module: nn.Module,
+    batch: TextBatch,
+    tokenizer: Any,
+    spec: EncodeSpec,
+    stage: StageConfig,
+    teacher: Teacher | None,
+    accelerator: Any,
+    scale: float,
+    sync: bool,
+) -> tuple[float, dict[str, float], int]:
+    """Forward + backward of one micro-batch; returns (loss, per-objective losses, real tokens)."""
+    dev = accelerator.device
+    groups = batch.groups()
+    # One tokenisation per role: chunks below are row slices of it, so GradCache sees the very
+    # same padded inputs (Qwen3's positions shift with left padding) as the direct path.
+    encs = {r: {k: v.to(dev) for k, v in tokenize(tokenizer, texts, spec).items()} for r, texts in groups.items()}
+    n_tokens = int(sum(e["attention_mask"].sum() for e in encs.values()))
+    teacher_embs = {r: teacher.embed(texts, dev) for r, texts in groups.items()} if teacher is not None else None
+    chunk = stage.grad_cache_chunk
+
+    def maybe_no_sync(skip_sync: bool):
+        # DDP all-reduces gradients only on the backward that ends the optimizer step.
+        return accelerator.no_sync(module) if skip_sync else contextlib.nullcontext()
+
+    if not chunk:
+        with maybe_no_sync(not sync):
+            embs = {r: embed(module, e, spec) for r, e in encs.items()}
+            loss, parts = stage.objective.loss(embs, batch, teacher_embs)
+            accelerator.backward(loss * scale)
+        return float(loss.detach()), parts, n_tokens
+
+    # GradCache (Gao et al. 2021): 1) embed every chunk without a graph, 2) loss and its gradient
+    # w.r.t. the embeddings, 3) re-embed chunk by chunk with a graph and push those gradients in.
+    # Memory holds one chunk's activations; the contrastive batch is the whole micro-batch.
+    rng: dict[tuple[str, int], Any] = {}
+    leaves: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for r, e in encs.items():
+            outs = []
+            for a in range(0, e["input_ids"].shape[0], chunk):
+                rng[(r, a)] = torch.get_rng_state()  # LoRA dropout must draw the same masks twice
+                outs.append(embed(module, _slice(e, a, a + chunk), spec))
+            leaves[r] = torch.cat(outs).detach().requires_grad_(True)  # (n, D)
+    loss, parts = stage.objective.loss(leaves, batch, teacher_embs)
+    (loss * scale).backward()
+    todo = [(r, a) for r, e in encs.items() for a in range(0, e["input_ids"].shape[0], chunk)]
+    for i, (r, a) in enumerate(todo):
+        last = i == len(todo) - 1
+        torch.set_rng_state(rng[(r, a)])
+        with maybe_no_sync(not (sync and last)):
+            out = embed(module, _slice(encs[r], a, a + chunk), spec)
+            torch.autograd.backward(out, leaves[r].grad[a : a + chunk].to(out.dtype))
+    return float(loss.detach()), parts, n_tokens
+
+
+def train_stage(
+    model: nn.Module,
+    tokenizer: Any,
+    stage: StageConfig,
+    *,
+    stage_index: int,
+    spec: EncodeSpec,
+    first_new_id: int | None,
+    runtime: Runtime,
+    accelerator: Any,
+    teacher: Teacher | None = None,
+    sources: list[Source] | None = None,
+    resume: bool = False,
+) -> nn.Module | None:
+    """Train one stage and return the plain model (new rows written back, LoRA merged).
+
+    With `resume`, continues from this stage's newest checkpoint in `runtime.checkpoint_dir`
+    (model must be this stage's INPUT model: checkpoints hold only the trainable parameters).
+    Returns None when `runtime.stop_after_steps` stopped the stage early (a simulated crash).
+    """
+    torch.manual_seed(stage.seed)
+    if runtime.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    prepared = stage.train.prepare(model, first_new_id)
+    module = prepared.module
+    params = list(prepared.trainable().values())
+    optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
+
+    sources = sources if sources is not None else load_sources(stage)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    total = stage.total_steps(sum(len(s.examples) for s in sources), world)
+    warm = int(stage.warmup_ratio * total)
+    schedule = SCHEDULES[stage.schedule]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule(s, warm, total))
+    accum = stage.grad_accumulation
+    lengths = [[e.length for e in s.examples] for s in sources] if stage.group_by_length else None
+    # Every process computes the same global plan and takes every W-th micro-batch.
+    plan = plan_batches([len(s.examples) for s in sources], [s.weight for s in sources], stage.batch_size, total * accum * world, stage.seed, lengths)
+
+    start = 0
+    if resume:
+        path = latest_for_stage(runtime.checkpoint_dir, stage_index, stage.name)
+        if path is not None:
+            state = load_checkpoint(path)
+            missing = set(state["trainable"]) ^ set(prepared.trainable())
+            if missing:
+                raise RuntimeError(f"{path}: checkpoint parameters do not match stage '{stage.name}': {sorted(missing)[:5]}")
+            with torch.no_grad():
+                for name, p in prepared.trainable().items():
+                    p.copy_(state["trainable"][name])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            set_rng_state(state["rng"])
+            start = state["step"]
+            log.info("stage %s: resumed from %s (step %d of %d)", stage.name, path.name, start, total)
+
+    module, optimizer = accelerator.prepare(module, optimizer)
+    module.train()
+    logger = RunLogger(runtime.log_dir, accelerator.is_main_process)
+
+    def checkpoint(step: int) -> None:
+        if accelerator.is_main_process:
+            state = {
+                "stage": stage.name,
+                "step": step,
+                "total": total,
+                "data_position": step * accum * world,
+                "trainable": {n: p.detach().cpu().clone() for n, p in prepared.trainable().items()},
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": rng_state(),
+            }
+            save_checkpoint(runtime.checkpoint_dir, stage_index, stage.name, step, state, runtime.keep_checkpoints)
+        accelerator.wait_for_everyone()
+
+    progress = _progress(runtime.progress and accelerator.is_main_process, stage.name, total, start)
+    stopped = False
+    try:
+        for step in range(start, total):
+            if runtime.stop_after_steps is not None and step >= runtime.stop_after_steps:
+                stopped = True
+                break
+            t0 = time.perf_counter()
+            losses, parts_sum, tokens = [], {}, 0
+            for m in range(accum):
+                src, idx = plan[(step * accum + m) * world + rank]
+                batch = collate([sources[src].examples[i] for i in idx], stage.query_prompt, stage.seed, (step * accum + m) * world + rank)
+                loss, parts, n_tok = _micro_step(module, batch, tokenizer, spec, stage, teacher, accelerator, 1.0 / accum, sync=m == accum - 1)
+                losses.append(loss)
+                tokens += n_tok
+                for k, v in parts.items():
+                    parts_sum[k] = parts_sum.get(k, 0.0) + v / accum
+            grad_norm = accelerator.clip_grad_norm_(params, stage.max_grad_norm)
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            done = step + 1
+            if done % runtime.log_every == 0 or done == total:
+                dt = time.perf_counter() - t0
+                record = {
+                    "stage": stage.name,
+                    "step": done,
+                    "loss": sum(losses) / len(losses),
+                    "lr": lr,
+                    "grad_norm": float(grad_norm),
+                    "tokens_per_s": tokens * world / dt if dt > 0 else 0.0,
+                    **parts_sum,
+                }
+                logger.write(record, done)
+            if progress:
+                progress.update(progress.task_ids[0], advance=1, description=f"{stage.name} loss {sum(losses) / len(losses):.4f}")
+            if runtime.checkpoint_every and done % runtime.checkpoint_every == 0 and done != total:
+                checkpoint(done)
+        if not stopped:
+            checkpoint(total)
+    finally:
+        if progress:
+            progress.stop()
+        logger.close()
+    if stopped:
+        return None
+    accelerator.unwrap_model(module)
+    plain = prepared.finish()
+    if runtime.gradient_checkpointing and hasattr(plain, "gradient_checkpointing_disable"):
+        plain.gradient_checkpointing_disable()
+    plain.eval()
+    return plain
+
+
+def _progress(enabled: bool, name: str, total: int, start: int):
+    if not enabled:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
+    p.start()
+    p.add_task(name, total=total, completed=start)
+    return p

@@ -1,0 +1,98 @@
+"""What a stage optimises: a registry of objectives, combinable by weights.
+
+In a stage's YAML, `objective: infonce` (a name), `objective: [infonce, distill]`, or a mapping of
+names to settings: `objective: {infonce: {temperature: 0.05}, distill: {weight: 0.5, kind: cosine}}`.
+
+An objective never embeds: the loop embeds the batch's texts once per role (`query`, `positive`,
+`negative`; directly or through GradCache), then each objective is a pure function of those
+embeddings (and the teacher's embeddings of the same texts), so all objectives share one forward.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, model_validator
+
+from koemb.config import StrictModel
+from koemb.train.data import TextBatch
+from koemb.train.losses import distill, gathered_infonce, text_keys
+
+Embeddings = dict[str, torch.Tensor]  # role -> (n, D)
+
+
+class InfoNCE(StrictModel):
+    """Queries against the (global) batch of positives and hard negatives; false negatives masked."""
+
+    weight: float = Field(1.0, gt=0)
+    temperature: float = Field(0.05, gt=0, description="Softmax temperature on cosine similarities.")
+    hard_negatives: bool = Field(True, description="Use the data's `negative` texts when present.")
+
+    def loss(self, embs: Embeddings, batch: TextBatch, teacher: Embeddings | None) -> torch.Tensor:
+        dev = embs["query"].device
+        neg = embs.get("negative") if self.hard_negatives else None
+        return gathered_infonce(
+            embs["query"],
+            embs["positive"],
+            negatives=neg,
+            temperature=self.temperature,
+            d_keys=text_keys(batch.positive_keys, dev),
+            neg_keys=text_keys(batch.negative_keys, dev) if neg is not None else None,
+        )
+
+
+class Distill(StrictModel):
+    """The base model on the BASE tokenisation as teacher for the student's pooled embeddings."""
+
+    weight: float = Field(1.0, gt=0)
+    kind: Literal["cosine", "mse"] = "cosine"
+    relational: float = Field(0.0, ge=0, description="Weight of the similarity-matrix term (0 = off).")
+
+    def loss(self, embs: Embeddings, batch: TextBatch, teacher: Embeddings | None) -> torch.Tensor:
+        assert teacher is not None, "the loop provides teacher embeddings when an objective needs them"
+        roles = [r for r in embs if r in teacher]
+        s = torch.cat([embs[r] for r in roles])  # (n, D)
+        t = torch.cat([teacher[r] for r in roles]).to(s.device)  # (n, D), no grad
+        return distill(s, t, kind=self.kind, relational=self.relational)
+
+
+OBJECTIVES: dict[str, type[StrictModel]] = {"infonce": InfoNCE, "distill": Distill}
+
+
+class Objective(StrictModel):
+    """The weighted sum of the objectives that are set."""
+
+    infonce: InfoNCE | None = None
+    distill: Distill | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [v]
+        if isinstance(v, list):
+            return {name: {} for name in v}
+        return {k: ({} if val is None else val) for k, val in v.items()} if isinstance(v, dict) else v
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Objective:
+        if not self.parts():
+            raise ValueError(f"set at least one objective: {', '.join(OBJECTIVES)}")
+        return self
+
+    def parts(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in OBJECTIVES if getattr(self, name) is not None}
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.distill is not None
+
+    def loss(self, embs: Embeddings, batch: TextBatch, teacher: Embeddings | None) -> tuple[torch.Tensor, dict[str, float]]:
+        total = None
+        logged: dict[str, float] = {}
+        for name, part in self.parts().items():
+            value = part.loss(embs, batch, teacher)
+            logged[f"loss_{name}"] = float(value.detach())
+            total = part.weight * value if total is None else total + part.weight * value
+        return total, logged

@@ -1,0 +1,171 @@
+"""Which parameters a stage trains: a registry of setups, chosen by a stage's `train:` field.
+
+A stage's `train` is a kind as a string (`new_rows`, `all_rows`, `full`) or a mapping with `kind`
+and its parameters (`{kind: lora, r: 64, alpha: 128, dropout: 0.05, target_modules: [...]}`); each
+kind is a config class here whose `prepare(model, first_new_id)` returns the module to train and a
+`finish()` that turns it back into a plain model for saving.
+
+Why `new_rows` is its own parameter and not a gradient hook on the full matrix: AdamW's weight decay
+(and momentum left by an earlier stage) moves rows whose gradient is zero, and the optimizer would
+keep two (V, D) state tensors for a matrix of which only the new rows train. Here the old rows are
+a frozen tensor outside the optimizer, so they stay bit-identical; optimizer state covers only the
+new rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Union
+
+import torch
+import torch.nn.functional as F
+from pydantic import BeforeValidator, Field
+from torch import nn
+
+from koemb.config import StrictModel
+from koemb.errors import UserError
+
+
+@dataclass
+class Prepared:
+    """The module the loop trains (maybe a peft wrapper), and how to get the plain model back."""
+
+    module: nn.Module
+    finish: Callable[[], nn.Module]
+
+    def trainable(self) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in self.module.named_parameters() if p.requires_grad}
+
+
+class NewRowsEmbedding(nn.Module):
+    """An input embedding whose rows >= first_new_id are a separate trainable parameter.
+
+    base: the model's frozen (V, D) embedding (its rows >= first_new_id are stale while this trains);
+    new: (V - first_new_id, D) trainable copy of those rows. Output (B, T, D) takes each position's
+    row from whichever of the two owns its id.
+    """
+
+    def __init__(self, base: nn.Embedding, first_new_id: int):
+        super().__init__()
+        self.base = base
+        self.first_new_id = first_new_id
+        self.new = nn.Parameter(base.weight.detach()[first_new_id:].clone())
+
+    @property
+    def weight(self) -> torch.Tensor:  # some HF code reads get_input_embeddings().weight (dtype, device)
+        return self.base.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        is_new = (ids >= self.first_new_id).unsqueeze(-1)  # (B, T, 1)
+        old = self.base(ids)  # (B, T, D)
+        new = F.embedding((ids - self.first_new_id).clamp(min=0), self.new)  # (B, T, D)
+        return torch.where(is_new, new.to(old.dtype), old)
+
+    def write_back(self) -> nn.Embedding:
+        with torch.no_grad():
+            self.base.weight[self.first_new_id :] = self.new.detach().to(self.base.weight.dtype)
+        return self.base
+
+
+def _freeze_all(model: nn.Module) -> None:
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+def _unfreeze_all(model: nn.Module) -> nn.Module:
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
+class NewRows(StrictModel):
+    """Train only the rows added by the tokenizer expansion (ids >= first_new_id)."""
+
+    kind: Literal["new_rows"] = "new_rows"
+
+    def prepare(self, model: nn.Module, first_new_id: int | None) -> Prepared:
+        emb = model.get_input_embeddings()
+        if first_new_id is None or first_new_id >= emb.num_embeddings:
+            raise UserError(
+                f"train: new_rows needs an expanded model (expansion.json with first_new_id below the "
+                f"{emb.num_embeddings} embedding rows); got first_new_id={first_new_id}"
+            )
+        _freeze_all(model)
+        wrapped = NewRowsEmbedding(emb, first_new_id)
+        model.set_input_embeddings(wrapped)
+
+        def finish() -> nn.Module:
+            model.set_input_embeddings(wrapped.write_back())
+            return _unfreeze_all(model)
+
+        return Prepared(model, finish)
+
+
+class AllRows(StrictModel):
+    """Train the whole input embedding matrix, nothing else."""
+
+    kind: Literal["all_rows"] = "all_rows"
+
+    def prepare(self, model: nn.Module, first_new_id: int | None) -> Prepared:
+        _freeze_all(model)
+        model.get_input_embeddings().weight.requires_grad_(True)
+        return Prepared(model, lambda: _unfreeze_all(model))
+
+
+class Full(StrictModel):
+    """Train every parameter."""
+
+    kind: Literal["full"] = "full"
+
+    def prepare(self, model: nn.Module, first_new_id: int | None) -> Prepared:
+        _unfreeze_all(model)
+        return Prepared(model, lambda: model)
+
+
+class Lora(StrictModel):
+    """peft LoRA on the named linear layers; merged into the weights when the stage ends."""
+
+    kind: Literal["lora"] = "lora"
+    r: int = Field(16, gt=0, description="LoRA rank.")
+    alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        min_length=1,
+        description="Names of the linear modules to adapt (suffixes of module names).",
+    )
+
+    def check_targets(self, model: nn.Module, where: str = "train.target_modules") -> None:
+        names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+        missing = [t for t in self.target_modules if t not in names]
+        if missing:
+            raise UserError(f"{where}: {missing} match no linear layer of the model; its linear layers are {sorted(names)}")
+
+    def prepare(self, model: nn.Module, first_new_id: int | None) -> Prepared:
+        from peft import LoraConfig, get_peft_model
+
+        self.check_targets(model)
+        _freeze_all(model)
+        cfg = LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=list(self.target_modules))
+        peft_model = get_peft_model(model, cfg)
+
+        def finish() -> nn.Module:
+            merged = peft_model.merge_and_unload()
+            return _unfreeze_all(merged)
+
+        return Prepared(peft_model, finish)
+
+
+def _kind_from_string(v: Any) -> Any:
+    # `train: new_rows` is shorthand for `train: {kind: new_rows}`.
+    return {"kind": v} if isinstance(v, str) else v
+
+
+TrainSpec = Annotated[
+    Union[NewRows, AllRows, Full, Lora],
+    Field(discriminator="kind"),
+    BeforeValidator(_kind_from_string),
+]
+
+SETUPS: dict[str, type[StrictModel]] = {c.model_fields["kind"].default: c for c in (NewRows, AllRows, Full, Lora)}

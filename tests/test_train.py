@@ -1,0 +1,182 @@
+"""The loop on a tiny Qwen3 with the real tokenizer: trainable setups, LoRA merge, GradCache, schedules.
+
+Helpers here (`tiny_expanded`, `write_data`, `run_stage`) are imported by the other train tests.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+from transformers import AutoModel, AutoTokenizer
+
+from koemb.model.tiny import build_tiny_qwen3
+from koemb.resources import KO_SAMPLE
+from koemb.train.checkpoint import list_checkpoints, load_checkpoint
+from koemb.train.encode import embed, read_spec, tokenize
+from koemb.train.loop import Runtime, train_stage
+from koemb.train.setups import Lora
+from koemb.train.stage import SCHEDULES, StageConfig
+
+NEW_WORDS = ["유산", "병원", "생각", "사람", "우리", "있습니다", "그리고", "하지만"]
+FIRST_NEW = 151669
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, qwen_dir) -> Path:
+    return tiny_expanded(tmp_path_factory.mktemp("tiny"), qwen_dir)
+
+
+def tiny_expanded(root: Path, qwen_dir: Path) -> Path:
+    """A tiny random Qwen3 whose tokenizer has 8 Korean words added (ids 151669..151676)."""
+    tok = AutoTokenizer.from_pretrained(str(qwen_dir))
+    tok.add_tokens(NEW_WORDS)
+    tok.save_pretrained(root / "tok")
+    out = build_tiny_qwen3(root / "model", tokenizer_dir=root / "tok", max_seq_length=64)
+    (out / "expansion.json").write_text(json.dumps({"first_new_id": FIRST_NEW, "tokens": [{"id": FIRST_NEW + i, "text": w, "kind": "target"} for i, w in enumerate(NEW_WORDS)]}))
+    return out
+
+
+def write_data(root: Path, n: int = 48) -> tuple[Path, Path]:
+    """(pairs.jsonl, text.txt) from the shipped Korean sample; answers repeat (false negatives)."""
+    lines = [l.strip() for l in KO_SAMPLE.read_text(encoding="utf-8").splitlines() if len(l.strip()) > 40][: 2 * n]
+    pairs = root / "pairs.jsonl"
+    with pairs.open("w", encoding="utf-8") as fh:
+        for i in range(n):
+            a = lines[i][:120]
+            fh.write(json.dumps({"query": a[:40], "positive": a[40:], "negative": lines[i + n][:60], "group": str(i % (n - 3))}, ensure_ascii=False) + "\n")
+    text = root / "text.txt"
+    text.write_text("\n".join(l[:200] for l in lines[n:]) + "\n", encoding="utf-8")
+    return pairs, text
+
+
+def stage(data: list[Path], **kw) -> StageConfig:
+    base = {"name": "s", "train": "new_rows", "data": [{"path": str(p)} for p in data], "lr": 1e-2, "batch_size": 4, "max_length": 48, "steps": 3, "weight_decay": 0.1, "warmup_ratio": 0.0}
+    return StageConfig.model_validate({**base, **kw})
+
+
+def run_stage(folder: Path, cfg: StageConfig, ckpt: Path, *, resume: bool = False, stop_after: int | None = None, checkpoint_every: int = 0, teacher=None):
+    model = AutoModel.from_pretrained(str(folder), dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    rt = Runtime(checkpoint_dir=ckpt, log_dir=ckpt.parent / "logs", checkpoint_every=checkpoint_every, keep_checkpoints=2, progress=False, stop_after_steps=stop_after)
+    out = train_stage(model, tok, cfg, stage_index=0, spec=read_spec(folder, cfg.max_length), first_new_id=FIRST_NEW, runtime=rt, accelerator=Accelerator(cpu=True), teacher=teacher, resume=resume)
+    return out, tok
+
+
+def test_new_rows_keeps_old_rows_bit_identical_with_weight_decay(tiny_dir, tmp_path):
+    pairs, text = write_data(tmp_path)
+    before = AutoModel.from_pretrained(str(tiny_dir), dtype=torch.float32).state_dict()
+    cfg = stage([pairs, text], weight_decay=0.5)
+    model, _ = run_stage(tiny_dir, cfg, tmp_path / "ckpt")
+    after = model.state_dict()
+    emb = "embed_tokens.weight"
+    assert torch.equal(after[emb][:FIRST_NEW], before[emb][:FIRST_NEW])
+    assert not torch.equal(after[emb][FIRST_NEW:], before[emb][FIRST_NEW:]), "new rows did not train"
+    for k in before:
+        if k != emb:
+            assert torch.equal(after[k], before[k]), k
+    # Optimizer state exists for the new rows only: two (8, 64) moments, not (151677, 64).
+    state = load_checkpoint(list_checkpoints(tmp_path / "ckpt")[-1])
+    assert list(state["trainable"]) == ["embed_tokens.new"]
+    moments = [t for s in state["optimizer"]["state"].values() for t in s.values() if t.ndim == 2]
+    assert moments and all(t.shape == (len(NEW_WORDS), 64) for t in moments)
+    # The log has what the issue asks for.
+    rec = [json.loads(l) for l in (tmp_path / "logs" / "train.jsonl").read_text().splitlines()]
+    assert len(rec) == 3 and {"loss", "lr", "grad_norm", "tokens_per_s"} <= set(rec[-1])
+
+
+def test_all_rows_moves_old_rows_and_nothing_else(tiny_dir, tmp_path):
+    pairs, _ = write_data(tmp_path)
+    before = AutoModel.from_pretrained(str(tiny_dir), dtype=torch.float32).state_dict()
+    model, _ = run_stage(tiny_dir, stage([pairs], train="all_rows"), tmp_path / "ckpt")
+    after = model.state_dict()
+    # Weight decay touches every row of a trainable matrix: exactly why new_rows is its own parameter.
+    assert not torch.equal(after["embed_tokens.weight"][:FIRST_NEW], before["embed_tokens.weight"][:FIRST_NEW])
+    assert all(torch.equal(after[k], before[k]) for k in before if k != "embed_tokens.weight")
+
+
+def _embs(model, tok, folder, texts):
+    spec = read_spec(folder, 48)
+    with torch.no_grad():
+        return embed(model.eval(), tokenize(tok, texts, spec), spec)
+
+
+def test_lora_only_lora_weights_get_gradients_and_merge_matches(tiny_dir, tmp_path):
+    pairs, _ = write_data(tmp_path)
+    model = AutoModel.from_pretrained(str(tiny_dir), dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(tiny_dir))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    prepared = Lora(r=4, alpha=8, dropout=0.1).prepare(model, FIRST_NEW)
+    cfg = stage([pairs], train={"kind": "lora", "r": 4, "alpha": 8, "dropout": 0.1}, lr=5e-2, steps=4)
+    # Train through the loop's pieces: a few steps so that lora_B is far from zero.
+    opt = torch.optim.AdamW(list(prepared.trainable().values()), lr=5e-2)
+    spec = read_spec(tiny_dir, 48)
+    texts = [json.loads(l)["positive"] for l in pairs.read_text().splitlines()][:6]
+    for _ in range(3):
+        prepared.module.train()
+        e = embed(prepared.module, tokenize(tok, texts, spec), spec)
+        loss = cfg.objective.infonce.loss({"query": e, "positive": e.flip(0)}, type("B", (), {"positive_keys": texts[::-1], "negative_keys": []})(), None)
+        loss.backward()
+        with_grad = [n for n, p in prepared.module.named_parameters() if p.grad is not None]
+        assert with_grad and all("lora_" in n for n in with_grad)
+        opt.step()
+        opt.zero_grad()
+    unmerged = _embs(prepared.module, tok, tiny_dir, texts)
+    merged_model = prepared.finish()
+    merged = _embs(merged_model, tok, tiny_dir, texts)
+    assert (merged - unmerged).abs().max().item() <= 1e-5
+    after = merged_model.state_dict()
+    assert set(after) == set(before), "merge_and_unload must give the plain model back"
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(any(t in k for t in ("q_proj", "k_proj", "v_proj", "o_proj")) for k in changed)
+
+
+def test_lora_stage_through_the_loop_and_bad_target_names(tiny_dir, tmp_path):
+    pairs, _ = write_data(tmp_path)
+    cfg = stage([pairs], train={"kind": "lora", "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}, steps=2)
+    model, _ = run_stage(tiny_dir, cfg, tmp_path / "ckpt")
+    assert not any("lora" in k for k in model.state_dict())
+    from koemb.errors import UserError
+
+    with pytest.raises(UserError, match="qkv"):
+        Lora(target_modules=["qkv"]).check_targets(model)
+
+
+def test_grad_cache_gives_the_same_gradients(tiny_dir, tmp_path):
+    pairs, _ = write_data(tmp_path)
+    grads = []
+    for chunk in (None, 3):
+        cfg = stage([pairs], train="full", steps=1, batch_size=6, grad_cache_chunk=chunk)
+        model = AutoModel.from_pretrained(str(tiny_dir), dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(str(tiny_dir))
+        from koemb.train.data import collate, read_examples
+        from koemb.train.loop import _micro_step
+
+        batch = collate(read_examples(pairs)[:6], "", 0, 0)
+        acc = Accelerator(cpu=True)
+        _micro_step(model, batch, tok, read_spec(tiny_dir, 48), cfg, None, acc, 1.0, sync=True)
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_schedules_warm_up_then_decay():
+    cos = [SCHEDULES["cosine"](s, 2, 10) for s in range(10)]
+    assert cos[0] == 0.5 and cos[1] == 1.0 and cos[2] == 1.0 and cos[-1] < 0.05
+    assert all(a >= b for a, b in zip(cos[2:], cos[3:]))
+
+
+def test_stage_config_errors_name_the_field():
+    from koemb.config import validate_model
+    from koemb.errors import UserError
+
+    with pytest.raises(UserError, match="train"):
+        validate_model(StageConfig, {"name": "x", "train": "some_rows", "data": [{"path": "a"}], "lr": 1, "steps": 1}, "cfg.yaml")
+    with pytest.raises(UserError, match="exactly one of"):
+        validate_model(StageConfig, {"name": "x", "train": "full", "data": [{"path": "a"}], "lr": 1}, "cfg.yaml")
+    with pytest.raises(UserError, match="temprature"):
+        validate_model(StageConfig, {"name": "x", "train": "full", "data": [{"path": "a"}], "lr": 1, "steps": 1, "objective": {"infonce": {"temprature": 1}}}, "cfg.yaml")
