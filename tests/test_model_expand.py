@@ -200,3 +200,17 @@ def test_model_with_fewer_rows_than_its_tokenizer_is_an_error(tmp_path, qwen_dir
         (folder / name).write_bytes((qwen_dir / name).read_bytes())
     with pytest.raises(UserError, match="151669 tokens but the model has only 1000 embedding rows"):
         expand_model(folder, expanded_tok, tmp_path / "out")
+
+
+def test_cli_expand_and_its_errors(tiny, expanded_tok, tmp_path, capsys):
+    from koemb.cli import main
+
+    out = tmp_path / "cli"
+    assert main(["model", "expand", "--model", str(tiny), "--tokenizer", str(expanded_tok), "--out", str(out),
+                 "--init", "random", "--noise-std", "0.5"]) == 0
+    info = json.loads((out / "expansion.json").read_text(encoding="utf-8"))
+    assert info["init"] == {"method": "random", "noise_std": 0.5, "noise_std_abs": pytest.approx(info["init"]["noise_std_abs"]), "seed": 0}
+    assert torch.equal(_emb(out)[:151669], _emb(tiny))
+    # Existing output without --overwrite: a message, exit 2, no traceback.
+    assert main(["model", "expand", "--model", str(tiny), "--tokenizer", str(expanded_tok), "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err

@@ -317,8 +317,9 @@ def expand_model(
     from transformers import AutoTokenizer
 
     from koemb.model.presets import resolve_preset
-    from koemb.model.save import save_sentence_transformer
+    from koemb.model.save import check_out_dir, save_sentence_transformer
 
+    check_out_dir(out, overwrite)
     tok_dir = Path(tokenizer)
     if not (tok_dir / "tokenizer.json").is_file():
         raise UserError(f"{tok_dir}: expected an expanded tokenizer folder with tokenizer.json")

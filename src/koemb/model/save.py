@@ -124,6 +124,13 @@ def _load_expansion(expansion: Mapping[str, Any] | str | Path | None) -> dict[st
         raise UserError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
 
 
+def check_out_dir(out: str | os.PathLike, overwrite: bool) -> None:
+    """Fail early (before hours of work) if `out` exists, is not empty, and may not be replaced."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise UserError(f"{out}: already exists and is not empty; choose another --out or pass --overwrite")
+
+
 def save_sentence_transformer(
     model: Any,
     tokenizer: Any,
@@ -154,8 +161,7 @@ def save_sentence_transformer(
         preset = get_preset(preset)
     if max_seq_length is not None:
         preset = preset.with_overrides(max_length=max_seq_length)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise UserError(f"{out}: already exists and is not empty; choose another --out or pass --overwrite")
+    check_out_dir(out, overwrite)
     if isinstance(tokenizer, (str, os.PathLike)):
         from transformers import AutoTokenizer
 

@@ -1,0 +1,44 @@
+"""`koemb model ...`: give a model rows for an expanded tokenizer (a thin layer over `koemb.model`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from koemb.cli import app
+
+model_app = typer.Typer(help="Model work: expand the embedding for an expanded tokenizer.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("expand")
+def expand(
+    model: str = typer.Option(..., "--model", help="Base model: folder (transformers or sentence-transformers) or hub id."),
+    tokenizer: Path = typer.Option(..., "--tokenizer", help="Expanded tokenizer folder (from `koemb vocab expand`)."),
+    out: Path = typer.Option(..., "--out", help="Output folder (sentence-transformers layout + expansion.json)."),
+    init: str = typer.Option("mean", "--init", help="Init method for new rows: mean (FVT), first, random."),
+    noise_std: float = typer.Option(0.0, "--noise-std", help="Gaussian noise on new rows, std relative to the old rows' scale."),
+    seed: int = typer.Option(0, "--seed", help="Seed for noise and random init."),
+    preset: str | None = typer.Option(None, "--preset", help="Pooling/padding/prompt preset; default: detected."),
+    base_tokenizer: str | None = typer.Option(None, "--base-tokenizer", help="The model's own tokenizer, if its folder has none."),
+    max_seq_length: int | None = typer.Option(None, "--max-seq-length", help="Override the preset's max length."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model's own Python code."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow .bin/.pt pickle weights (they can run code)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder."),
+) -> None:
+    """Resize the embedding to the expanded tokenizer and initialise the new rows."""
+    from koemb.model.expand import expand_model
+
+    folder = expand_model(
+        model, tokenizer, out, init=init, noise_std=noise_std, seed=seed, preset=preset,
+        base_tokenizer=base_tokenizer, max_seq_length=max_seq_length, trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle, overwrite=overwrite,
+    )
+    info = json.loads((folder / "expansion.json").read_text(encoding="utf-8"))
+    rows = info["rows"]
+    typer.echo(
+        f"wrote {folder}: {len(info['tokens'])} new tokens, rows {rows['before']} -> {rows['after']} "
+        f"({rows['spare_rows_overwritten']} spare rows reused), init {info['init']['method']}"
+    )
