@@ -94,9 +94,25 @@ def iter_documents(paths: Iterable[str | Path], stats: ReadStats | None = None, 
         )
 
 
+BUILTIN_PREFIX = "builtin:"
+
+
+def resolve_corpus_path(p: str | Path) -> Path:
+    """A corpus path, or `builtin:ko-sample` for the Korean sample shipped with koemb."""
+    s = str(p)
+    if s.startswith(BUILTIN_PREFIX):
+        from koemb.resources import BUILTIN_CORPORA
+
+        name = s[len(BUILTIN_PREFIX):]
+        if name not in BUILTIN_CORPORA:
+            raise UserError(f"{s}: unknown built-in corpus; known: {', '.join(BUILTIN_PREFIX + n for n in BUILTIN_CORPORA)}")
+        return BUILTIN_CORPORA[name]
+    return Path(p)
+
+
 def read_documents(paths: Iterable[str | Path], text_field: str = "text") -> tuple[list[str], ReadStats]:
     """Read a whole corpus into memory; error if it holds no documents."""
-    paths = [Path(p) for p in paths]
+    paths = [resolve_corpus_path(p) for p in paths]
     if not paths:
         raise UserError("no corpus files given (pass --corpus FILE, .txt or .jsonl, optionally .gz)")
     stats = ReadStats()

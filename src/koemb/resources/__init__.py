@@ -17,6 +17,7 @@ from koemb.errors import UserError
 
 RESOURCES = Path(__file__).parent
 KO_SAMPLE = RESOURCES / "ko_sample.txt"
+BUILTIN_CORPORA = {"ko-sample": KO_SAMPLE}  # usable as `--corpus builtin:ko-sample`
 
 
 def cache_dir() -> Path:

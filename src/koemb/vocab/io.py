@@ -38,6 +38,9 @@ def load_tokenizer(spec: str | os.PathLike, trust_remote_code: bool = False) -> 
             return LoadedTokenizer(spec, None, Tokenizer.from_file(spec))
         except Exception as exc:  # tokenizers raises plain Exception on bad JSON
             raise UserError(f"{spec}: not a tokenizers tokenizer.json ({exc})") from None
+    looks_like_path = spec.startswith(("/", ".", "~")) or os.sep + os.sep in spec or spec.count("/") > 1
+    if looks_like_path and not path.exists():
+        raise UserError(f"{spec}: tokenizer folder or file not found")
     if path.exists() and not path.is_dir():
         raise UserError(f"{spec}: expected a tokenizer folder, a tokenizer.json file, or a hub id")
     if path.is_dir() and not (path / "tokenizer.json").exists() and not (path / "tokenizer_config.json").exists():
