@@ -48,6 +48,21 @@ def transformer_dir(model: str | Path) -> str | Path:
     return folder
 
 
+def model_fingerprint(model: str | Path) -> str | None:
+    """A cheap identity for a model folder (path, sizes and mtimes of its weight and tokenizer files),
+    used to key caches of its embeddings; None for a hub id (nothing local to fingerprint)."""
+    folder = Path(model)
+    if not folder.is_dir():
+        return None
+    wdir = Path(transformer_dir(model))
+    parts = [str(folder.resolve())]
+    for f in sorted([*wdir.glob("*.safetensors"), *wdir.glob("tokenizer*.json"), wdir / "config.json"]):
+        if f.is_file():
+            st = f.stat()
+            parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
+    return "|".join(parts)
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -107,6 +122,8 @@ class Encoder:
         self.show_progress = show_progress
         self.name = name
         self.stats = EncodeStats()
+        self.fingerprint: str | None = None  # set by `load`; keys corpus-embedding caches
+        self.source: str | None = None  # the folder or hub id it was loaded from
         pad = tokenizer.pad_token_id
         if pad is None:
             pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
@@ -151,7 +168,10 @@ class Encoder:
             raise UserError(f"{model}: cannot load a model and tokenizer from here ({exc})") from None
         net.to(dev).eval()
         label = Path(model).name if Path(model).is_dir() else str(model)
-        return cls(net, tok, p, batch_size=batch_size, device=dev, show_progress=show_progress, name=label)
+        enc = cls(net, tok, p, batch_size=batch_size, device=dev, show_progress=show_progress, name=label)
+        enc.fingerprint = model_fingerprint(model)
+        enc.source = str(model)
+        return enc
 
     # -- tokenisation -------------------------------------------------------------------------
 

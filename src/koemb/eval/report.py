@@ -1,0 +1,126 @@
+"""`report.md` and PNG charts from a results mapping (label -> task -> metric -> value).
+
+Quality metrics are fractions in results.json (as MTEB stores them) and shown x100 in the report;
+each table puts the baseline(s) first and then, per model, the absolute and relative change against
+the first baseline, as the seed presented its results.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+QUALITY = ("ndcg@10", "map@10", "recall@10", "precision@10", "mrr@10", "spearman", "pearson", "separation", "similar_mean", "different_mean")
+# Matplotlib's default fonts have no Hangul: chart labels use these English names of the seed's domains.
+DOMAIN_EN = {
+    "일상대화": "daily talk", "기술/IT": "tech/IT", "경제/금융": "economy", "의료/건강": "health", "비즈니스": "business",
+    "교육": "education", "사회/문화": "society", "법률/정치": "law/politics", "스포츠": "sports", "과학": "science",
+}
+
+Results = Mapping[str, Mapping[str, Mapping[str, float]]]
+
+
+def _fmt(metric: str, v: float | None) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if metric in QUALITY or metric.startswith("separation["):
+        return f"{100 * v:.2f}"
+    return f"{v:.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
+
+
+def _delta(metric: str, base: float | None, new: float | None) -> tuple[str, str]:
+    if base is None or new is None or any(isinstance(x, float) and math.isnan(x) for x in (base, new)):
+        return "–", "–"
+    scale = 100 if (metric in QUALITY or metric.startswith("separation[")) else 1
+    rel = f"{100 * (new - base) / abs(base):+.1f}%" if base else "–"
+    return f"{scale * (new - base):+.2f}", rel
+
+
+def _tasks(results: Results, labels: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(t for lab in labels for t in results.get(lab, {})))
+
+
+def markdown_report(results: Results, baselines: Sequence[str], models: Sequence[str], main_metric: Mapping[str, str], title: str = "koemb evaluation") -> str:
+    """The whole report as Markdown text."""
+    labels = [*baselines, *models]
+    base = baselines[0] if baselines else None
+    lines = [f"# {title}", "", "Quality metrics x100 (results.json holds fractions). Δ: change against the first baseline."
+             if base else "Quality metrics x100 (results.json holds fractions).", ""]
+
+    def header(cols: list[str]) -> list[str]:
+        return ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+
+    def row_cells(task: str, metric: str) -> list[str]:
+        cells = [_fmt(metric, results.get(lab, {}).get(task, {}).get(metric)) for lab in labels]
+        if base:
+            b = results.get(base, {}).get(task, {}).get(metric)
+            for lab in models:
+                cells.extend(_delta(metric, b, results.get(lab, {}).get(task, {}).get(metric)))
+        return cells
+
+    delta_cols = [c for lab in models for c in (f"Δ {lab}", f"Δ% {lab}")] if base else []
+    tasks = [t for t in _tasks(results, labels) if t in main_metric]
+    lines += ["## Summary (main metric per task)", "", *header(["task", "metric", *labels, *delta_cols])]
+    for task in tasks:
+        m = main_metric[task]
+        lines.append("| " + " | ".join([task, m, *row_cells(task, m)]) + " |")
+    for task in _tasks(results, labels):
+        metrics = list(dict.fromkeys(m for lab in labels for m in results.get(lab, {}).get(task, {})))
+        lines += ["", f"## {task}", "", *header(["metric", *labels, *delta_cols])]
+        for m in metrics:
+            lines.append("| " + " | ".join([m, *row_cells(task, m)]) + " |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def write_charts(results: Results, labels: Sequence[str], main_metric: Mapping[str, str], out_dir: Path) -> list[Path]:
+    """`main_metrics.png` (main metric per task, one bar per model) and, if present, `separation_domains.png`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    tasks = [t for t in _tasks(results, labels) if t in main_metric]
+    if tasks:
+        x = np.arange(len(tasks))
+        width = 0.8 / max(len(labels), 1)
+        fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(tasks)), 4))
+        for i, lab in enumerate(labels):
+            vals = [100 * results.get(lab, {}).get(t, {}).get(main_metric[t], float("nan")) for t in tasks]
+            ax.bar(x + (i - (len(labels) - 1) / 2) * width, vals, width, label=lab)
+        ax.set_xticks(x, [f"{t}\n{main_metric[t]}" for t in tasks], fontsize=8)
+        ax.set_ylabel("x100")
+        ax.legend(fontsize=8)
+        ax.set_title("main metric per task")
+        fig.tight_layout()
+        path = out_dir / "main_metrics.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    sep_tasks = [t for t in tasks if main_metric[t] == "separation"]
+    for task in sep_tasks[:1]:
+        domains = list(dict.fromkeys(
+            m[len("separation["):-1] for lab in labels for m in results.get(lab, {}).get(task, {}) if m.startswith("separation[")
+        ))
+        if not domains:
+            continue
+        x = np.arange(len(domains))
+        width = 0.8 / max(len(labels), 1)
+        fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(domains)), 4))
+        for i, lab in enumerate(labels):
+            vals = [100 * results.get(lab, {}).get(task, {}).get(f"separation[{d}]", float("nan")) for d in domains]
+            ax.bar(x + (i - (len(labels) - 1) / 2) * width, vals, width, label=lab)
+        ax.set_xticks(x, [DOMAIN_EN.get(d, d) for d in domains], rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("separation x100 (similar - different cosine)")
+        ax.legend(fontsize=8)
+        ax.set_title(f"{task}: separation per domain")
+        fig.tight_layout()
+        path = out_dir / "separation_domains.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
