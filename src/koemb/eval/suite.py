@@ -64,7 +64,7 @@ class Suite(StrictModel):
             return None
         p = Path(os.path.expandvars(os.path.expanduser(task.path)))
         if not p.is_absolute() and self._base_dir is not None:
-            p = self._base_dir / p
+            p = (self._base_dir / p).resolve()
         return p
 
 
