@@ -13,48 +13,12 @@ from koemb.errors import UserError
 from koemb.model.expand import expand_embeddings, expand_model
 from koemb.model.init_methods import INIT_METHODS, row_scale
 from koemb.model.tiny import build_tiny_qwen3
-from koemb.vocab.canonical import bl_to_bytes
-from koemb.vocab.io import load_tokenizer, save_tokenizer, with_specials_in_vocab
+from koemb.resources import KO_SAMPLE
+from koemb.vocab.canonical import canonical
+from koemb.vocab.expand import ExpansionSettings, expand_tokenizer
 
-KO_WORDS = [" 한국어", " 대한민국", " 서울특별시", " 안녕하세요", " 감사합니다"]
-
-
-def _canonical(raw: str) -> str | None:
-    try:
-        return bl_to_bytes(raw).decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-
-
-def build_expanded_tokenizer(qwen_dir: Path, out: Path, words: list[str] = KO_WORDS) -> Path:
-    """Append BPE merges that turn each word's base segmentation into one token (left to right).
-
-    A stand-in for `koemb vocab expand`: the same kind of tokenizer (vocab + merges appended, the
-    26 added tokens pinned at their ids) with an `expansion.json` in the documented format.
-    """
-    base = load_tokenizer(qwen_dir)
-    tj = with_specials_in_vocab(base.json)
-    vocab, merges = tj["model"]["vocab"], tj["model"]["merges"]
-    first = len(base)
-    tokens = []
-    for word in words:
-        pieces = [base.backend.id_to_token(i) for i in base.backend.encode(word, add_special_tokens=False).ids]
-        assert len(pieces) >= 2, word
-        left = pieces[0]
-        for nxt in pieces[1:]:
-            merged = left + nxt
-            if merged not in vocab:
-                vocab[merged] = first + len(tokens)
-                merges.append([left, nxt])
-                tokens.append({"id": vocab[merged], "text": _canonical(merged), "kind": "intermediate"})
-            left = merged
-        tokens[-1]["kind"] = "target"
-    save_tokenizer(base, tj, out)
-    (out / "expansion.json").write_text(json.dumps({
-        "base_vocab_size": first, "donor_vocab_size": 0, "candidates": len(words), "added": len(tokens),
-        "method": "test-merges", "first_new_id": first, "tokens": tokens,
-    }, ensure_ascii=False), encoding="utf-8")
-    return out
+def ko_docs(n: int = 300) -> list[str]:
+    return [line for line in KO_SAMPLE.read_text(encoding="utf-8").splitlines() if line.strip()][:n]
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +28,10 @@ def tiny(tmp_path_factory, qwen_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def expanded_tok(tmp_path_factory, qwen_dir) -> Path:
-    return build_expanded_tokenizer(qwen_dir, tmp_path_factory.mktemp("t") / "tok")
+    # The real expansion (bpe-continue: merges appended to the BPE), small: 60 new rows.
+    out = tmp_path_factory.mktemp("t") / "tok"
+    expand_tokenizer(qwen_dir, out, docs=ko_docs(), settings=ExpansionSettings(method="bpe-continue", max_new_tokens=60))
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -85,13 +52,20 @@ def test_old_rows_bit_identical_and_new_rows_are_piece_means(tiny, expanded, exp
     assert after.shape == (151669 + n_new, before.shape[1])
     assert torch.equal(after[:151669], before)
     base = Tokenizer.from_file(str(qwen_dir / "tokenizer.json"))
+    exp = Tokenizer.from_file(str(expanded_tok / "tokenizer.json"))
+    complete = 0
     for t in info["tokens"]:
-        # The brief's definition: the BASE tokenizer on the canonical text, without special tokens / EOS.
-        if t["text"] is not None:
-            ids = base.encode(t["text"], add_special_tokens=False).ids
-            assert ids == t["base_ids"], t
+        text = canonical(exp.id_to_token(t["id"]), "byte_level")
+        if text is not None:
+            # FVT's definition: the BASE tokenizer on the token's text, without special tokens / EOS.
+            assert base.encode(text, add_special_tokens=False).ids == t["base_ids"], t
+            complete += 1
+        else:  # a cut Hangul syllable: no text to tokenise; its bytes still split into base pieces
+            assert "".join(base.id_to_token(i) for i in t["base_ids"]) == exp.id_to_token(t["id"])
+        assert len(t["base_ids"]) >= 2 and max(t["base_ids"]) < 151669
         expect = before[t["base_ids"]].float().mean(0)
         assert torch.allclose(after[t["id"]].float(), expect, atol=1e-6), t["id"]
+    assert complete > n_new // 2
     assert info["rows"]["before"] == 151669 and info["rows"]["after"] == 151669 + n_new
     assert info["init"]["method"] == "mean" and info["base_vocab_size"] == 151669
 
@@ -106,7 +80,7 @@ def test_output_loads_with_sentence_transformers_and_auto_classes(expanded, expa
     assert emb.shape == (2, 64) and torch.allclose(emb.norm(dim=1), torch.ones(2), atol=1e-5)
     tok = AutoTokenizer.from_pretrained(str(expanded))
     ref = AutoTokenizer.from_pretrained(str(expanded_tok))
-    text = "대한민국의 수도는 서울특별시이고 한국어를 씁니다."
+    text = " ".join(ko_docs(30))
     assert tok(text)["input_ids"] == ref(text)["input_ids"]
     ids = tok(text)["input_ids"]
     assert ids[-1] == 151643 and max(ids) >= 151669  # EOS still appended; new tokens used

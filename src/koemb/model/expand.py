@@ -132,8 +132,9 @@ def load_base_model(spec: str | os.PathLike, *, trust_remote_code: bool = False,
     else:
         where = spec
     try:
-        model = AutoModel.from_pretrained(
-            where, dtype="auto", use_safetensors=None if allow_pickle else True, trust_remote_code=trust_remote_code
+        model, info = AutoModel.from_pretrained(
+            where, dtype="auto", use_safetensors=None if allow_pickle else True, trust_remote_code=trust_remote_code,
+            output_loading_info=True,
         )
     except OSError as exc:
         kind = "folder" if path.exists() else "hub id (offline, or no such repository?)"
@@ -142,6 +143,13 @@ def load_base_model(spec: str | os.PathLike, *, trust_remote_code: bool = False,
         if "trust_remote_code" in str(exc):
             raise UserError(f"{spec}: this model needs custom code; pass --trust-remote-code only if you trust it") from None
         raise UserError(f"{spec}: cannot load model: {str(exc).splitlines()[0]}") from None
+    missing = list(info.get("missing_keys") or [])
+    if missing and all(k.startswith("pooler.") for k in missing) and getattr(model, "pooler", None) is not None:
+        # AutoModel adds a BERT pooler that an embedding checkpoint (e5) does not have: drop the
+        # random one, or it would be saved as if it were part of the model.
+        model.pooler = None
+    elif missing:
+        log.warning("%s: %d weight(s) missing from the checkpoint and randomly initialised: %s", spec, len(missing), missing[:5])
     return model.eval(), where
 
 
@@ -313,7 +321,6 @@ def expand_model(
     Returns the output folder; its expansion.json extends the tokenizer's with `init`, `rows`,
     `base_model` and each token's `base_ids`.
     """
-    from tokenizers import Tokenizer
     from transformers import AutoTokenizer
 
     from koemb.model.presets import resolve_preset
@@ -333,7 +340,8 @@ def expand_model(
     except (OSError, ValueError) as exc:
         raise UserError(f"{base_spec}: cannot load the model's own tokenizer ({str(exc).splitlines()[0]}); pass --base-tokenizer") from None
     base = base_hf.backend_tokenizer
-    expanded = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
+    out_tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    expanded = out_tok.backend_tokenizer
     base_len = base.get_vocab_size(with_added_tokens=True)
     new_len = expanded.get_vocab_size(with_added_tokens=True)
     rows = int(net.get_input_embeddings().weight.shape[0])
@@ -366,13 +374,12 @@ def expand_model(
         "base_vocab_size": base_len, "donor_vocab_size": None, "candidates": None, "added": len(tokens),
         "method": "unknown (no expansion.json beside the tokenizer)", "first_new_id": base_len,
     }
-    exp_out["tokens"] = [
-        {"id": t.id, "text": t.text, "kind": t.kind, "base_ids": p} for t, p in zip(tokens, pieces)
-    ]
+    originals = expansion["tokens"] if expansion is not None else [{"id": t.id, "text": t.text, "kind": t.kind} for t in tokens]
+    # Keep every field the tokenizer wrote (e.g. corpus_count); add the pieces each row came from.
+    exp_out["tokens"] = [{**orig, "base_ids": p} for orig, p in zip(originals, pieces)]
     exp_out["base_model"] = str(model)
     exp_out["init"] = report.init_json()
     exp_out["rows"] = report.rows_json()
-    out_tok = AutoTokenizer.from_pretrained(str(tok_dir))
     recipe = {
         "step": "koemb model expand",
         "base_model": str(model),
