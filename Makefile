@@ -21,7 +21,10 @@ $(STAMP): pyproject.toml requirements.txt
 .venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/koemb run --config configs/demo.yaml --out outputs/demo --overwrite
+	$(BIN)/koemb vocab train-donor --like builtin:qwen3-embedding --corpus builtin:ko-sample --vocab-size 8000 --out outputs/demo/donor
+	$(BIN)/koemb vocab expand --base builtin:qwen3-embedding --donor outputs/demo/donor/tokenizer.json \
+		--corpus builtin:ko-sample --max-new-tokens 3000 --out outputs/demo/tokenizer --overwrite
+	$(BIN)/koemb vocab analyze --tokenizer builtin:qwen3-embedding --tokenizer outputs/demo/tokenizer --corpus builtin:ko-sample
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

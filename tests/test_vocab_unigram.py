@@ -1,0 +1,81 @@
+"""Unigram (SentencePiece / XLM-R style) bases: pieces are appended with scores that make them win."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from koemb.data.ko_sources import unlabeled_texts
+from koemb.vocab.donor import train_donor
+from koemb.vocab.expand import ExpansionSettings, expand_tokenizer
+from koemb.vocab.io import load_tokenizer
+
+from test_vocab_qwen import stdlib_text_lines
+
+SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
+
+
+@pytest.fixture(scope="module")
+def ko_docs(ko_data):
+    return unlabeled_texts(ko_data, ["chatbot", "korsts_train", "parakqc"])
+
+
+@pytest.fixture(scope="module")
+def unigram_base(tmp_path_factory, ko_docs):
+    """A small XLM-R-like tokenizer: NFKC, Metaspace, Unigram; mostly English, a little Korean."""
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    text = stdlib_text_lines(600_000) + ko_docs[:3000]
+    tok.train_from_iterator(text, trainers.UnigramTrainer(vocab_size=5000, special_tokens=SPECIALS, unk_token="<unk>", show_progress=False))
+    out = tmp_path_factory.mktemp("unigram-base")
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>").save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def expanded(unigram_base, ko_docs, tmp_path_factory):
+    base = load_tokenizer(unigram_base)
+    donor_dir = tmp_path_factory.mktemp("unigram-donor")
+    train_donor(base, ko_docs, 6000, donor_dir)
+    donor = json.loads((donor_dir / "tokenizer.json").read_text())
+    assert donor["model"]["type"] == "Unigram" and donor["pre_tokenizer"] == base.json["pre_tokenizer"]
+    out = tmp_path_factory.mktemp("unigram-expanded") / "tok"
+    return expand_tokenizer(base, out, donor=str(donor_dir / "tokenizer.json"), docs=ko_docs,
+                            settings=ExpansionSettings(max_new_tokens=2000))
+
+
+def test_unigram_expansion(expanded, unigram_base, ko_docs):
+    info = expanded.info
+    assert info["method"] == "unigram" and info["first_new_id"] == 5000 and info["added"] > 500
+    base = AutoTokenizer.from_pretrained(str(unigram_base))
+    new = AutoTokenizer.from_pretrained(str(expanded.out_dir))
+    assert len(new) == 5000 + info["added"]
+    # Targets encode to their own id (word-start pieces as words, inner pieces through the model).
+    model = new.backend_tokenizer.model
+    raw = [t["text"].replace(" ", "\u2581") for t in info["tokens"]]
+    single = sum(1 for t, r in zip(info["tokens"], raw) if [x.id for x in model.tokenize(r)] == [t["id"]])
+    assert single / len(raw) >= 0.95
+    # Korean gets shorter; non-Korean is untouched; decoding matches the base's.
+    sample = ko_docs[-2000:]
+    assert sum(map(len, new(sample)["input_ids"])) < 0.85 * sum(map(len, base(sample)["input_ids"]))
+    other = stdlib_text_lines(400_000)
+    assert new(other)["input_ids"] == base(other)["input_ids"]
+    norm = new.backend_tokenizer.normalizer
+    compared = 0
+    for text in sample[:400]:
+        got = new.decode(new(text, add_special_tokens=False)["input_ids"])
+        if "<unk>" in got:  # characters neither vocabulary has
+            continue
+        assert got == norm.normalize_str(text).strip()
+        compared += 1
+    assert compared > 200
+    for s in SPECIALS:
+        assert new.convert_tokens_to_ids(s) == base.convert_tokens_to_ids(s)
+    assert expanded.info["used_on_corpus"] > 0.95
+    assert all(re.fullmatch(" ?[\uac00-\ud7a3]+", t["text"]) for t in info["tokens"])
