@@ -79,3 +79,27 @@ def test_unigram_expansion(expanded, unigram_base, ko_docs):
         assert new.convert_tokens_to_ids(s) == base.convert_tokens_to_ids(s)
     assert expanded.info["used_on_corpus"] > 0.95
     assert all(re.fullmatch(" ?[\uac00-\ud7a3]+", t["text"]) for t in info["tokens"])
+
+
+def test_wordpiece_expansion(tmp_path, ko_docs):
+    """A BERT-style WordPiece base: new entries (word-initial and ##-continuation) are used."""
+    from tokenizers import models as tm
+
+    tok = Tokenizer(tm.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=False)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    text = stdlib_text_lines(300_000) + ko_docs[:2000]
+    tok.train_from_iterator(text, trainers.WordPieceTrainer(vocab_size=4000, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"], show_progress=False))
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]").save_pretrained(tmp_path / "base")
+    base = load_tokenizer(tmp_path / "base")
+    train_donor(base, ko_docs, 6000, tmp_path / "donor")
+    res = expand_tokenizer(base, tmp_path / "out", donor=str(tmp_path / "donor" / "tokenizer.json"), docs=ko_docs,
+                           settings=ExpansionSettings(max_new_tokens=1500))
+    assert res.info["method"] == "wordpiece" and res.info["added"] > 300
+    b, n = AutoTokenizer.from_pretrained(str(tmp_path / "base")), AutoTokenizer.from_pretrained(str(res.out_dir))
+    sample = ko_docs[-1500:]
+    assert sum(map(len, n(sample)["input_ids"])) < 0.9 * sum(map(len, b(sample)["input_ids"]))
+    other = stdlib_text_lines(200_000)
+    assert n(other)["input_ids"] == b(other)["input_ids"]
+    assert res.info["used_on_corpus"] > 0.9

@@ -107,7 +107,7 @@ def expand_cmd(
     out: Path = typer.Option(..., "--out", help="Output tokenizer folder (with expansion.json)."),
     donor: Optional[str] = typer.Option(None, "--donor", help="Donor tokenizer: folder, tokenizer.json or hub id."),
     corpus: list[str] = typer.Option([], "--corpus", help=CORPUS_HELP),
-    method: str = typer.Option("auto", "--method", help="auto | bpe-continue | bpe-donor | added-tokens | unigram"),
+    method: str = typer.Option("auto", "--method", help="auto | bpe-continue | bpe-donor | added-tokens | unigram | wordpiece"),
     min_frequency: int = typer.Option(2, "--min-frequency", help="Minimum corpus count of a new merge / donor token."),
     max_new_tokens: int = typer.Option(40_000, "--max-new-tokens", help="Cap on added rows, intermediates included."),
     chars: Optional[str] = typer.Option(None, "--chars", help="Regex character class for donor tokens (default: Hangul syllables)."),

@@ -10,6 +10,7 @@ Methods (`--method`):
   included) as AddedTokens, matched before pre-tokenisation.
 - `unigram`: SentencePiece-Unigram bases: donor pieces appended with scores that let them win
   over the base's segmentation of their own text.
+- `wordpiece`: WordPiece (BERT) bases: donor entries appended; greedy longest-match uses them.
 `auto` picks the measured best for the base's model type (see `DEFAULT_METHOD`).
 
 Output: a folder `AutoTokenizer.from_pretrained` loads, plus `expansion.json`.
@@ -36,7 +37,7 @@ from koemb.vocab.canonical import bl_to_bytes, family_of, raw_form
 from koemb.vocab.diff import DiffFilters, DiffResult, vocab_diff
 from koemb.vocab.io import LoadedTokenizer, atomic_write_text, load_tokenizer, save_tokenizer, with_specials_in_vocab
 
-MethodName = Literal["auto", "bpe-continue", "bpe-donor", "added-tokens", "unigram"]
+MethodName = Literal["auto", "bpe-continue", "bpe-donor", "added-tokens", "unigram", "wordpiece"]
 
 
 class ExpansionSettings(StrictModel):
@@ -83,7 +84,7 @@ class MethodSpec:
 
 METHODS: dict[str, MethodSpec] = {}
 # Measured with benchmarks/tokenizer.py; see the README.
-DEFAULT_METHOD = {"BPE": "bpe-continue", "Unigram": "unigram"}
+DEFAULT_METHOD = {"BPE": "bpe-continue", "Unigram": "unigram", "WordPiece": "wordpiece"}
 
 
 def method(name: str, model_types: tuple[str, ...], needs_donor: bool, needs_corpus: bool):
@@ -172,6 +173,26 @@ def _unigram(ctx: Context) -> MethodOutput:
         base_score = sum(score_of[t.id] for t in seg)
         pieces.append([raw, base_score + bonus * max(len(seg) - 1, 1)])
         have.add(raw)
+        texts.append(c.text)
+    return MethodOutput(tok_json, texts, ["target"] * len(texts))
+
+
+@method("wordpiece", ("WordPiece",), needs_donor=True, needs_corpus=False)
+def _wordpiece(ctx: Context) -> MethodOutput:
+    # WordPiece matches the longest vocab entry greedily, so a new entry is used wherever its
+    # text occurs at that position; Hangul-only entries cannot change other scripts.
+    tok_json = ctx.base.json
+    model = tok_json["model"]
+    prefix = model.get("continuing_subword_prefix") or "##"
+    vocab = model["vocab"]
+    next_id = len(ctx.base)
+    texts = []
+    for c in ctx.diff.candidates[: ctx.settings.max_new_tokens]:
+        raw = raw_form(c.text, "wordpiece", prefix)
+        if raw in vocab:
+            continue
+        vocab[raw] = next_id
+        next_id += 1
         texts.append(c.text)
     return MethodOutput(tok_json, texts, ["target"] * len(texts))
 
