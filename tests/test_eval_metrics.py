@@ -71,6 +71,8 @@ def test_row_stats_detect_copies_and_scale():
     assert s["new_norm_mean"] == pytest.approx(2 * old[:5].norm(dim=1).mean().item(), rel=1e-5)
     rand = embedding_row_stats(torch.cat([old, torch.randn(5, 16, generator=g)]), 100)
     assert rand["new_nearest_old_cos_mean"] < 0.9
+    spare = embedding_row_stats(torch.cat([old, copies, torch.zeros(3, 16)]), 100, end=105)  # 3 spare rows ignored
+    assert spare["new_rows"] == 5 and spare["new_nearest_old_cos_mean"] == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(ValueError):
         embedding_row_stats(old, 100)
 

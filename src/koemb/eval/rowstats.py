@@ -31,16 +31,19 @@ def first_new_id(model_dir: str | Path) -> int | None:
     return value
 
 
-def embedding_row_stats(weight: Tensor, first_new: int, chunk: int = 256) -> dict[str, float]:
-    """Norm statistics of old rows (< first_new) and new rows (>= first_new), and new->nearest-old cosine.
+def embedding_row_stats(weight: Tensor, first_new: int, end: int | None = None, chunk: int = 256) -> dict[str, float]:
+    """Norm statistics of old rows (< first_new) and new rows (first_new <= id < end), and new->nearest-old cosine.
 
     Args:
         weight: (V, D) input embedding matrix.
+        end: one past the last new token id (the tokenizer's length); rows beyond it are spare rows
+            that no token uses (a model may have more rows than its tokenizer has tokens). Default V.
     """
     w = weight.detach().float()
-    if not 0 < first_new < w.shape[0]:
-        raise ValueError(f"first_new_id {first_new} is outside the {w.shape[0]} embedding rows")
-    old, new = w[:first_new], w[first_new:]  # (O, D), (M, D)
+    end = w.shape[0] if end is None else min(end, w.shape[0])
+    if not 0 < first_new < end:
+        raise ValueError(f"first_new_id {first_new} leaves no new rows below {end} (of {w.shape[0]} embedding rows)")
+    old, new = w[:first_new], w[first_new:end]  # (O, D), (M, D)
     old_n, new_n = old.norm(dim=1), new.norm(dim=1)
     old_unit = F.normalize(old, dim=1)
     nearest = []

@@ -177,7 +177,7 @@ def evaluate(
         enc.name = entry.label
         task_results, prompts = evaluate_encoder(enc, suite_obj, data_cache=data_cache, first_new=first_new, use_cache=use_cache)
         if first_new is not None:
-            task_results["embedding-rows"] = embedding_row_stats(enc.model.get_input_embeddings().weight, first_new)
+            task_results["embedding-rows"] = embedding_row_stats(enc.model.get_input_embeddings().weight, first_new, end=len(enc.tokenizer))
         if mteb_tasks:
             from koemb.eval.mteb_tasks import run_mteb
 
