@@ -148,3 +148,11 @@ def test_real_e5_small_retrieves_korean_facts(suite_dir, tmp_path):
     assert r["my-sts"]["spearman"] > 0.5
     assert r["separation"]["separation"] > 0.02
     assert doc["provenance"]["models"]["e5"]["prompts"]["my-retrieval"] == {"query": "query: ", "document": "passage: "}
+
+
+def test_cli_preset_override_is_validated(suite_dir, qwen_dir, tmp_path, capsys):
+    argv = ["evaluate", "--model", str(build_tiny_qwen(qwen_dir)), "--suite", str(suite_dir / "suites" / "s.yaml"),
+            "--out", str(tmp_path), "--preset-set", "pooling=max"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "pooling" in err and "lasttoken" in err

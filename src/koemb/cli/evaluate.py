@@ -24,6 +24,7 @@ def evaluate_cmd(
     label: Optional[str] = typer.Option(None, "--label", help="Label of --model in the results (default: its folder name)."),
     baseline_label: list[str] = typer.Option([], "--baseline-label", help="Labels of the baselines, in order."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Preset for every model (qwen3-embedding, e5, ...); default: detected from each model's files."),
+    preset_set: list[str] = typer.Option([], "--preset-set", help="Override a preset field for every model, e.g. --preset-set max_length=256 (repeatable)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: CUDA when available)."),
     mteb: Optional[str] = typer.Option(None, "--mteb", help="Comma-separated official MTEB tasks, e.g. Ko-StrategyQA,AutoRAGRetrieval (needs mteb and a network)."),
     set_: list[str] = typer.Option([], "--set", help="Override a suite field, e.g. --set tasks.0.limit=100."),
@@ -31,10 +32,17 @@ def evaluate_cmd(
     no_cache: bool = typer.Option(False, "--no-cache", help="Re-encode corpora instead of reusing cached embeddings."),
 ) -> None:
     """Evaluate a model (and baselines) on a suite: retrieval, STS, separation, tokenizer and row statistics."""
+    from koemb.config import parse_override
     from koemb.eval.run import evaluate
     from koemb.eval.suite import Suite, load_suite
     from koemb.eval.tasks import TASK_TYPES
 
+    preset_overrides = {}
+    for item in preset_set:
+        path, value = parse_override(item)
+        if len(path) != 1:
+            raise UserError(f"--preset-set {item!r}: expected FIELD=VALUE with a top-level preset field")
+        preset_overrides[path[0]] = value
     mteb_tasks = [t.strip() for t in (mteb or "").split(",") if t.strip()]
     if suite is None and not mteb_tasks:
         raise UserError("give --suite SUITE.yaml and/or --mteb TASKS")
@@ -43,7 +51,7 @@ def evaluate_cmd(
     suite_obj = load_suite(suite, set_) if suite is not None else Suite.model_construct(tasks=[], max_length=None, batch_size=None, top_k=100)
     doc = evaluate(
         model, suite_obj, out, baselines=baseline, label=label, baseline_labels=baseline_label or None, preset=preset,
-        device=device, mteb_tasks=mteb_tasks, seed=seed, use_cache=not no_cache,
+        preset_overrides=preset_overrides, device=device, mteb_tasks=mteb_tasks, seed=seed, use_cache=not no_cache,
     )
     results = doc["results"]
     main = {t.name: TASK_TYPES[t.type].main_metric for t in suite_obj.tasks} | {t: "ndcg@10" for t in mteb_tasks}

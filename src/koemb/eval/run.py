@@ -129,6 +129,7 @@ def evaluate(
     label: str | None = None,
     baseline_labels: Sequence[str] | None = None,
     preset: str | None = None,
+    preset_overrides: dict[str, Any] | None = None,
     device: str | None = None,
     mteb_tasks: Sequence[str] = (),
     seed: int = 0,
@@ -143,6 +144,8 @@ def evaluate(
         baselines: models to compare against; the first one is the reference of the Δ columns.
         label: the model's label (default: its folder name); baseline_labels likewise.
         preset: a preset name for every model, instead of detecting each from its files.
+        preset_overrides: preset fields to replace for every model (e.g. `{"pooling": "mean"}`);
+            the suite's `max_length` wins over one given here.
         mteb_tasks: official MTEB task names to run too (needs `mteb` and, for downloads, a network).
         seed: recorded and set (evaluation itself is deterministic).
         use_cache: reuse cached corpus embeddings (per model fingerprint, preset and texts).
@@ -159,7 +162,9 @@ def evaluate(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
-    overrides = {k: v for k, v in (("max_length", suite_obj.max_length),) if v is not None}
+    overrides = dict(preset_overrides or {})
+    if suite_obj.max_length is not None:
+        overrides["max_length"] = suite_obj.max_length
     results: dict[str, dict[str, dict[str, float]]] = {}
     models_prov: dict[str, Any] = {}
     data_cache: dict[str, Any] = {}
