@@ -29,3 +29,18 @@ def test_koemb_retrieval_metrics_equal_mteb_evaluator(qwen_dir, ko_data, tmp_pat
     # The instruction matters to both: without it MTEB's numbers move (the comparison can fail).
     plain = run_tasks(enc, [local_retrieval_task(folder, name="KoembLocalPlain")], None)["KoembLocalPlain"]
     assert abs(plain["ndcg@10"] - ours["ndcg@10"]) > 1e-3
+
+
+def test_mteb_names_and_subsets(qwen_dir):
+    from koemb.errors import UserError
+    from koemb.eval.mteb_tasks import run_mteb, scores_from_mteb
+
+    enc = Encoder.load(build_tiny_qwen(qwen_dir), device="cpu")
+    with pytest.raises(UserError, match="NoSuchTask"):
+        run_mteb(enc, ["NoSuchTask"])
+    got = scores_from_mteb("BelebeleRetrieval", {"test": [
+        {"hf_subset": "kor_Hang-kor_Hang", "ndcg_at_10": 0.5, "main_score": 0.5},
+        {"hf_subset": "kor_Hang-eng_Latn", "ndcg_at_10": 0.4, "main_score": 0.4},
+    ]})
+    assert got == {"BelebeleRetrieval[kor_Hang-kor_Hang]": {"ndcg@10": 0.5, "main_score": 0.5},
+                   "BelebeleRetrieval[kor_Hang-eng_Latn]": {"ndcg@10": 0.4, "main_score": 0.4}}

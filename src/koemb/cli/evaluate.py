@@ -54,9 +54,11 @@ def evaluate_cmd(
         preset_overrides=preset_overrides, device=device, mteb_tasks=mteb_tasks, seed=seed, use_cache=not no_cache,
     )
     results = doc["results"]
-    main = {t.name: TASK_TYPES[t.type].main_metric for t in suite_obj.tasks} | {t: "ndcg@10" for t in mteb_tasks}
+    main = {t.name: TASK_TYPES[t.type].main_metric for t in suite_obj.tasks}
+    for label_results in results.values():
+        main.update({t: "main_score" for t, m in label_results.items() if "main_score" in m})
     table = Table("task", "metric", *results)
     for task, metric in main.items():
-        table.add_row(task, metric, *[f"{100 * results[lab][task][metric]:.2f}" if task in results[lab] else "–" for lab in results])
+        table.add_row(task, metric, *[f"{100 * results[lab][task][metric]:.2f}" if metric in results[lab].get(task, {}) else "–" for lab in results])
     console.print(table)
     console.print(f"wrote {out / 'results.json'} and {out / 'report.md'}")

@@ -108,12 +108,22 @@ def local_retrieval_task(folder: str | Path, name: str = "KoembLocalRetrieval", 
     return LocalRetrieval()
 
 
-def scores_from_mteb(task_result: Any, split: str | None = None) -> dict[str, float]:
-    """koemb metric names from an MTEB TaskResult (the first subset of the requested or first split)."""
-    scores = task_result.scores
-    split = split or next(iter(scores))
-    entry = scores[split][0]
-    return {ours: float(entry[theirs]) for theirs, ours in MTEB_METRICS.items() if theirs in entry}
+def scores_from_mteb(task_name: str, scores: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, float]]:
+    """koemb metric names from an MTEB TaskResult's `scores` (split -> list of per-subset dicts).
+
+    One subset gives `{task_name: metrics}`; several (e.g. BelebeleRetrieval's language pairs) give
+    `{f"{task_name}[{hf_subset}]": metrics}` each; with several splits the split is named too.
+    """
+    out: dict[str, dict[str, float]] = {}
+    for split, entries in scores.items():
+        for entry in entries:
+            key = task_name
+            if len(entries) > 1:
+                key += f"[{entry.get('hf_subset', '?')}]"
+            if len(scores) > 1:
+                key += f"/{split}"
+            out[key] = {ours: float(entry[theirs]) for theirs, ours in MTEB_METRICS.items() if theirs in entry}
+    return out
 
 
 def run_tasks(encoder: Encoder, tasks: list[Any], out_dir: str | Path | None = None) -> dict[str, dict[str, float]]:
@@ -125,7 +135,7 @@ def run_tasks(encoder: Encoder, tasks: list[Any], out_dir: str | Path | None = N
     result = mteb.evaluate(mteb_model(encoder), tasks, cache=cache, overwrite_strategy="always", show_progress_bar=False)
     out = {}
     for tr in result.task_results:
-        out[tr.task_name] = scores_from_mteb(tr)
+        out.update(scores_from_mteb(tr.task_name, tr.scores))
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / "koemb_scores.json").write_text(json.dumps(out, indent=2), encoding="utf-8")

@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-QUALITY = ("ndcg@10", "map@10", "recall@10", "precision@10", "mrr@10", "spearman", "pearson", "separation", "similar_mean", "different_mean")
+QUALITY = ("main_score", "ndcg@10", "map@10", "recall@10", "precision@10", "mrr@10", "spearman", "pearson", "separation", "similar_mean", "different_mean")
 # Matplotlib's default fonts have no Hangul: chart labels use these English names of the seed's domains.
 DOMAIN_EN = {
     "일상대화": "daily talk", "기술/IT": "tech/IT", "경제/금융": "economy", "의료/건강": "health", "비즈니스": "business",

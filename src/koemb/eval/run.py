@@ -201,7 +201,8 @@ def evaluate(
             gc.collect()
 
     main_metric = {t.name: TASK_TYPES[t.type].main_metric for t in suite_obj.tasks}
-    main_metric.update({t: "ndcg@10" for t in mteb_tasks})
+    for label_results in results.values():
+        main_metric.update({t: "main_score" for t, m in label_results.items() if "main_score" in m})
     doc = {
         "results": results,
         "provenance": {
