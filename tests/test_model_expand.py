@@ -188,3 +188,27 @@ def test_cli_expand_and_its_errors(tiny, expanded_tok, tmp_path, capsys):
     # Existing output without --overwrite: a message, exit 2, no traceback.
     assert main(["model", "expand", "--model", str(tiny), "--tokenizer", str(expanded_tok), "--out", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_save_writes_each_presets_files_and_replaces_atomically(tiny, tmp_path):
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModel, AutoTokenizer
+
+    from koemb.model.presets import detect_preset
+    from koemb.model.save import save_sentence_transformer
+
+    model, tok = AutoModel.from_pretrained(str(tiny)), AutoTokenizer.from_pretrained(str(tiny))
+    out = save_sentence_transformer(model, tok, tmp_path / "e5like", "e5", max_seq_length=128,
+                                    expansion={"added": 0, "tokens": []}, recipe={"stage": "s1", "lr": 1e-4})
+    st = SentenceTransformer(str(out), device="cpu")
+    assert (st.max_seq_length, st.tokenizer.padding_side) == (128, "right")
+    assert st.prompts["query"] == "query: " and st.prompts["document"] == "passage: "
+    assert json.loads((out / "1_Pooling" / "config.json").read_text())["pooling_mode_mean_tokens"] is True
+    assert "stage: s1" in (out / "README.md").read_text(encoding="utf-8")
+    assert json.loads((out / "expansion.json").read_text()) == {"added": 0, "tokens": []}
+    # Replacing keeps nothing of the old folder and leaves no temporary folders behind.
+    (out / "stale.txt").write_text("x")
+    save_sentence_transformer(model, tok, out, "qwen3-embedding", overwrite=True)
+    assert not (out / "stale.txt").exists() and not (out / "expansion.json").exists()
+    assert detect_preset(out).name == "qwen3-embedding"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e5like"]
