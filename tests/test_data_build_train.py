@@ -168,3 +168,19 @@ def test_cli_build_train(tmp_path, ko_data, capsys):
     cfg.write_text("pair_source: [chatbot]\n", encoding="utf-8")
     assert main(["data", "build-train", "--data", str(ko_data), "--out", str(tmp_path / "p"), "--config", str(cfg)]) == 2
     assert "pair_sources" in capsys.readouterr().err
+
+
+def test_hub_rows_map_through_columns(tmp_path):
+    from koemb.data.build_train import _read_table, hub_items
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"question": "서울은?", "answer": "수도", "hard": ["부산", "x"], "cid": 3}\n'
+                    '{"question": "부산은?", "answer": "항구"}\n', encoding="utf-8")
+    rows = _read_table(path, "test")
+    src = HubSource(name="h", repo="o/d", files=["rows.jsonl"], kind="pairs",
+                    columns={"query": "question", "positive": "answer", "negative": "hard", "group": "cid"})
+    assert list(hub_items(src, rows)) == [Pair("서울은?", "수도", "부산", "3", "h"), Pair("부산은?", "항구", None, None, "h")]
+    with pytest.raises(UserError, match="row 0 has no column 'text'"):
+        list(hub_items(HubSource(name="t", repo="o/d", files=["x"], kind="text"), rows))
+    with pytest.raises(UserError, match=r"unknown field\(s\) \['body'\]"):
+        list(hub_items(HubSource(name="t", repo="o/d", files=["x"], kind="text", columns={"body": "a"}), rows))

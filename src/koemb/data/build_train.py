@@ -441,19 +441,33 @@ def read_hub_source(src: HubSource) -> Iterator[Pair] | Iterator[str]:
         except Exception as exc:  # network errors, 404s, gated repos: all a user's problem to fix
             raise UserError(f"{where}: cannot download {fname}: {str(exc).splitlines()[0]}") from None
         rows.extend(_read_table(Path(local), where))
+    return hub_items(src, rows, where)
+
+
+def hub_items(src: HubSource, rows: list[dict[str, Any]], where: str = "") -> Iterator[Pair] | Iterator[str]:
+    """Rows of a hub data set -> pairs or texts, through `src.columns` (our field -> their column).
+
+    Pairs take `query`, `positive`, optional `negative` (a list: its first string) and optional `group`.
+    """
+    where = where or f"hub source {src.name!r} ({src.repo})"
     if src.limit is not None:
         rows = rows[: src.limit]
-    wanted = ("query", "positive", "negative") if src.kind == "pairs" else ("text",)
+    wanted = ("query", "positive", "negative", "group") if src.kind == "pairs" else ("text",)
+    unknown = sorted(set(src.columns) - set(wanted))
+    if unknown:
+        raise UserError(f"{where}: columns: unknown field(s) {unknown}; a {src.kind} source maps {', '.join(wanted)}")
     cols = {k: src.columns.get(k, k) for k in wanted}
 
     def get(row: dict[str, Any], key: str, i: int) -> str | None:
         value = row.get(cols[key])
-        if value is None and key in ("query", "positive", "text"):
+        if isinstance(value, list):
+            value = next((v for v in value if isinstance(v, str) and v.strip()), None)
+        if (value is None or value == "") and key in ("query", "positive", "text"):
             raise UserError(f"{where}: row {i} has no column {cols[key]!r} for {key} (set `columns:`; row has {sorted(row)})")
         return None if value is None else str(value)
 
     if src.kind == "pairs":
-        return (Pair(get(r, "query", i), get(r, "positive", i), get(r, "negative", i), source=src.name)  # type: ignore[arg-type]
+        return (Pair(get(r, "query", i), get(r, "positive", i), get(r, "negative", i), get(r, "group", i), source=src.name)  # type: ignore[arg-type]
                 for i, r in enumerate(rows))
     return (get(r, "text", i) for i, r in enumerate(rows))  # type: ignore[misc]
 
