@@ -212,3 +212,19 @@ def test_save_writes_each_presets_files_and_replaces_atomically(tiny, tmp_path):
     assert not (out / "stale.txt").exists() and not (out / "expansion.json").exists()
     assert detect_preset(out).name == "qwen3-embedding"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e5like"]
+
+
+def test_older_sentence_transformers_layout_with_a_transformer_subfolder(tiny, expanded_tok, tmp_path):
+    # Older ST folders keep the transformers files in `0_Transformer/`; the ST files stay at the root.
+    old = tmp_path / "old_layout"
+    (old / "0_Transformer").mkdir(parents=True)
+    for f in tiny.iterdir():
+        if f.is_file() and f.name not in ("modules.json", "config_sentence_transformers.json", "README.md"):
+            (old / "0_Transformer" / f.name).write_bytes(f.read_bytes())
+    (old / "1_Pooling").mkdir()
+    (old / "1_Pooling" / "config.json").write_bytes((tiny / "1_Pooling" / "config.json").read_bytes())
+    modules = json.loads((tiny / "modules.json").read_text())
+    modules[0]["path"] = "0_Transformer"
+    (old / "modules.json").write_text(json.dumps(modules))
+    out = expand_model(old, expanded_tok, tmp_path / "x", preset="qwen3-embedding")
+    assert torch.equal(_emb(out)[:151669], _emb(tiny))

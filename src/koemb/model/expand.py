@@ -333,8 +333,9 @@ def expand_model(
     exp_source = str(tok_dir / "expansion.json")
     expansion = read_expansion(tok_dir)
 
-    net, _ = load_base_model(model, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
-    base_spec = str(base_tokenizer or model)
+    net, where = load_base_model(model, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    # An older sentence-transformers folder keeps model AND tokenizer in its Transformer sub-folder.
+    base_spec = str(base_tokenizer or where)
     try:
         base_hf = AutoTokenizer.from_pretrained(base_spec, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
