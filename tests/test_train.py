@@ -25,6 +25,17 @@ NEW_WORDS = ["유산", "병원", "생각", "사람", "우리", "있습니다", "
 FIRST_NEW = 151669
 
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny models gain nothing from intra-op threads, and on a shared 2-core machine an OpenMP
+    # barrier waiting for a busy core makes each op ~50x slower.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory, qwen_dir) -> Path:
     return tiny_expanded(tmp_path_factory.mktemp("tiny"), qwen_dir)

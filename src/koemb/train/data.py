@@ -59,9 +59,29 @@ def _example_from_json(obj: object, where: str) -> Example:
     return Example(text=text)
 
 
+def read_entry(entry) -> list[Example]:
+    """The examples of a stage's data entry (`koemb.train.stage.DataEntry`): a file or a hub data set."""
+    if entry.hub is None:
+        return read_examples(entry.path, entry.limit)
+    from koemb.data.build_train import read_hub_source
+
+    hub = entry.hub.model_copy(update={"limit": entry.limit or entry.hub.limit})
+    out = []
+    for item in read_hub_source(hub):
+        if isinstance(item, str):
+            out.append(Example(text=item))
+        else:
+            out.append(Example(query=item.query, positive=item.positive, negatives=[item.negative] if item.negative else [], group=item.group))
+    if not out:
+        raise UserError(f"hub source {hub.repo}: no examples")
+    return out
+
+
 def read_examples(path: str | Path, limit: int | None = None) -> list[Example]:
     """Read one training file (see the module docstring for formats)."""
-    p = Path(path)
+    from koemb.data.corpus import resolve_corpus_path
+
+    p = resolve_corpus_path(path)
     if not p.is_file():
         raise UserError(f"{p}: training data file not found")
     name = p.name.lower()

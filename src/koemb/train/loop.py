@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from koemb.train.checkpoint import latest_for_stage, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from koemb.train.data import Source, TextBatch, collate, plan_batches, read_examples
+from koemb.train.data import Source, TextBatch, collate, plan_batches, read_entry
 from koemb.train.encode import EncodeSpec, embed, tokenize
 from koemb.train.stage import SCHEDULES, StageConfig
 
@@ -100,7 +100,7 @@ class RunLogger:
 
 
 def load_sources(stage: StageConfig) -> list[Source]:
-    return [Source(d.path, d.weight, read_examples(d.path, d.limit)) for d in stage.data]
+    return [Source(d.label, d.weight, read_entry(d)) for d in stage.data]
 
 
 def _slice(enc: dict[str, torch.Tensor], a: int, b: int) -> dict[str, torch.Tensor]:

@@ -1,7 +1,8 @@
 """What a stage optimises: a registry of objectives, combinable by weights.
 
 In a stage's YAML, `objective: infonce` (a name), `objective: [infonce, distill]`, or a mapping of
-names to settings: `objective: {infonce: {temperature: 0.05}, distill: {weight: 0.5, kind: cosine}}`.
+names to settings: `objective: {infonce: {temperature: 0.05}, distill: {weight: 0.5, kind: cosine}}`
+(`{}` for the defaults; `null` means off).
 
 An objective never embeds: the loop embeds the batch's texts once per role (`query`, `positive`,
 `negative`; directly or through GradCache), then each objective is a pure function of those
@@ -73,7 +74,8 @@ class Objective(StrictModel):
             v = [v]
         if isinstance(v, list):
             return {name: {} for name in v}
-        return {k: ({} if val is None else val) for k, val in v.items()} if isinstance(v, dict) else v
+        # In a mapping, null means "off" (that is how a resolved config.yaml writes an unset objective).
+        return v
 
     @model_validator(mode="after")
     def _not_empty(self) -> Objective:

@@ -10,16 +10,30 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from koemb.config import StrictModel
+from koemb.data.build_train import HubSource
 from koemb.train.objectives import Objective
 from koemb.train.setups import TrainSpec
 
 
 class DataEntry(StrictModel):
-    """One training file and its share of the batches."""
+    """One training source (a local file, or a hub data set when online) and its share of the batches."""
 
-    path: str = Field(description="A .txt/.txt.gz corpus, or .jsonl with `text` or `query`/`positive`[/`negative`].")
-    weight: float = Field(1.0, gt=0, description="Relative share of micro-batches drawn from this file.")
+    path: str | None = Field(
+        None, description="A .txt/.txt.gz corpus, .jsonl with `text` or `query`/`positive`[/`negative`], or builtin:ko-sample."
+    )
+    hub: HubSource | None = Field(None, description="A Hugging Face data set (online only), as in `koemb data build-train`.")
+    weight: float = Field(1.0, gt=0, description="Relative share of micro-batches drawn from this source.")
     limit: int | None = Field(None, gt=0, description="Read at most this many examples.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataEntry:
+        if (self.path is None) == (self.hub is None):
+            raise ValueError("give exactly one of `path` and `hub`")
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.path if self.path is not None else f"hub:{self.hub.repo}"
 
 
 class StageConfig(StrictModel):

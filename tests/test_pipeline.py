@@ -1,0 +1,119 @@
+"""`koemb run` end to end on a tiny Qwen3 with the real tokenizer; resume; validate; the shipped configs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from koemb.cli import main
+from koemb.config import validate_model
+from koemb.errors import UserError
+from koemb.train.pipeline import PipelineConfig, load_pipeline, run_pipeline, validate_pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny models gain nothing from intra-op threads; on a shared 2-core machine they are much slower.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def small_config() -> dict:
+    stage = {"data": [{"path": "builtin:ko-sample", "limit": 200}], "lr": 1e-3, "steps": 2, "batch_size": 4, "max_length": 32}
+    return {
+        "base_model": "builtin:tiny-qwen3",
+        "max_seq_length": 64,
+        "tokenizer": {"train_donor_vocab_size": 1000, "corpus": [{"path": "builtin:ko-sample", "limit": 300}], "settings": {"max_new_tokens": 100}},
+        "evaluation": {"suite": {"tasks": [{"name": "separation", "type": "separation", "limit": 10}]}},
+        "runtime": {"progress": False},
+        "stages": [
+            {"name": "rows", "train": "new_rows", "objective": {"infonce": {}, "distill": {}}, **stage},
+            {"name": "lora", "train": {"kind": "lora", "r": 2, "alpha": 4, "dropout": 0.1}, "objective": "infonce", **stage},
+        ],
+    }
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_run_writes_the_layout_keeps_old_rows_and_resumes(tmp_path):
+    cfg = validate_model(PipelineConfig, small_config(), "test")
+    out = tmp_path / "out"
+    run_pipeline(cfg, out)
+
+    for p in ("config.yaml", "base/config.json", "tokenizer/expansion.json", "expanded/expansion.json", "stages/rows/model.safetensors",
+              "stages/lora/model.safetensors", "final/model.safetensors", "eval/results.json", "eval/report.md", "logs/train.jsonl"):
+        assert (out / p).is_file(), p
+    assert load_pipeline(out / "config.yaml") == cfg  # the resolved config is the same schema, same values
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert ckpts == ["s00-rows-step0000002.pt", "s01-lora-step0000002.pt"]
+    for folder in ("expanded", "stages/rows", "stages/lora", "final"):
+        assert not [p for p in (out / folder).rglob("*") if p.suffix == ".pt" or ".tmp" in p.name], folder
+    results = json.loads((out / "eval" / "results.json").read_text())
+    labels = set(results.get("results", results))
+    assert {"base", "expanded", "rows", "final"} <= labels, labels
+
+    first_new = json.loads((out / "expanded" / "expansion.json").read_text())["first_new_id"]
+    exp, rows, lora = _weights(out / "expanded"), _weights(out / "stages" / "rows"), _weights(out / "stages" / "lora")
+    emb = "embed_tokens.weight"
+    assert torch.equal(rows[emb][:first_new], exp[emb][:first_new])
+    assert not torch.equal(rows[emb][first_new:], exp[emb][first_new:])
+    assert set(lora) == set(exp) and not torch.equal(lora["layers.0.self_attn.q_proj.weight"], rows["layers.0.self_attn.q_proj.weight"])
+
+    # An interrupted run: the last stage's folder and everything after it are gone.
+    final_before = _weights(out / "final")
+    import shutil
+
+    for gone in ("stages/lora", "final", "eval"):
+        shutil.rmtree(out / gone)
+    run_pipeline(cfg, out, resume=True)
+    final_after = _weights(out / "final")
+    assert all(torch.equal(final_before[k], final_after[k]) for k in final_before)
+
+    changed = validate_model(PipelineConfig, {**small_config(), "stages": small_config()["stages"][:1]}, "test")
+    with pytest.raises(UserError, match="config differs"):
+        run_pipeline(changed, out, resume=True)
+    with pytest.raises(UserError, match="--overwrite"):
+        run_pipeline(cfg, out)
+
+
+def test_shipped_configs_validate(qwen_dir):
+    demo = load_pipeline(REPO / "configs" / "demo.yaml")
+    assert [s.train.kind for s in demo.stages] == ["new_rows", "new_rows", "new_rows", "all_rows", "lora", "lora"]
+    validate_pipeline(demo, "demo.yaml")
+    seed = load_pipeline(REPO / "configs" / "qwen3-embedding-0.6b-ko.yaml", [f"base_model={qwen_dir}"])
+    assert [s.train.kind for s in seed.stages] == ["new_rows", "new_rows", "new_rows", "all_rows", "lora", "lora"]
+    assert [(s.train.r, s.train.alpha) for s in seed.stages[4:]] == [(64, 128), (32, 64)]
+    assert [s.lr for s in seed.stages] == [3e-4, 2e-4, 1e-4, 5e-5, 5e-5, 3e-5]
+    notes = validate_pipeline(seed, "seed.yaml")  # LoRA targets checked on the real config's skeleton
+    assert notes and all("hub data set" in n for n in notes)
+    bad = load_pipeline(REPO / "configs" / "qwen3-embedding-0.6b-ko.yaml", [f"base_model={qwen_dir}", "stages.5.train.target_modules=[qkv_proj]"])
+    with pytest.raises(UserError, match=r"stages\.5\.train\.target_modules.*qkv_proj"):
+        validate_pipeline(bad, "seed.yaml")
+
+
+def test_cli_validate_names_the_bad_field(tmp_path, capsys):
+    cfg = small_config()
+    cfg["stages"][0]["lerning_rate"] = 1
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    assert main(["validate", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "stages.0.lerning_rate" in err
+    cfg["stages"][0].pop("lerning_rate")
+    path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    assert main(["validate", "--config", str(path)]) == 0
+    assert main(["validate", "--config", str(path), "--set", "stages.1.train=some_rows"]) == 2
+    assert "stages.1.train" in capsys.readouterr().err
+    assert main(["validate", "--config", str(path), "--set", "stages.0.data.0.path=/nope.jsonl"]) == 2
+    assert "stages.0.data.0.path" in capsys.readouterr().err
