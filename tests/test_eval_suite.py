@@ -156,3 +156,14 @@ def test_cli_preset_override_is_validated(suite_dir, qwen_dir, tmp_path, capsys)
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "pooling" in err and "lasttoken" in err
+
+
+def test_evaluate_takes_a_loaded_encoder_and_leaves_it_unchanged(qwen_dir, tmp_path):
+    from koemb.eval.suite import suite_from_dict
+    from koemb.model.encoder import Encoder
+
+    enc = Encoder.load(build_tiny_qwen(qwen_dir), device="cpu")
+    suite = suite_from_dict({"max_length": 16, "tasks": [{"name": "sep", "type": "separation", "limit": 16}]})
+    doc = evaluate(enc, suite, tmp_path, label="in-memory")
+    assert doc["provenance"]["models"]["in-memory"]["preset"]["max_length"] == 16
+    assert enc.preset.max_length == 8192 and "separation" in doc["results"]["in-memory"]["sep"]

@@ -170,11 +170,11 @@ def evaluate(
     data_cache: dict[str, Any] = {}
     for entry in entries:
         if isinstance(entry.source, Encoder):
-            enc = entry.source
-            if overrides:
-                enc.preset = enc.preset.with_overrides(**overrides)
-            if suite_obj.batch_size:
-                enc.batch_size = suite_obj.batch_size
+            # A view on the caller's model with this suite's settings; the caller's Encoder is untouched.
+            src = entry.source
+            enc = Encoder(src.model, src.tokenizer, src.preset.with_overrides(**overrides) if overrides else src.preset,
+                          batch_size=suite_obj.batch_size or src.batch_size, device=src.device, show_progress=src.show_progress)
+            enc.fingerprint, enc.source = src.fingerprint, src.source
             first_new = None
         else:
             enc = Encoder.load(entry.source, preset=preset, overrides=overrides, device=device, batch_size=suite_obj.batch_size or 32)

@@ -48,6 +48,20 @@ def transformer_dir(model: str | Path) -> str | Path:
     return folder
 
 
+# BERT-like encoders whose AutoModel adds a pooler head; koemb pools with the preset instead.
+MODEL_TYPES_WITH_POOLER = frozenset({"bert", "xlm-roberta", "roberta", "camembert", "xlm-roberta-xl"})
+
+
+def _model_type(folder: str | Path) -> str | None:
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("model_type")
+    except json.JSONDecodeError:
+        return None
+
+
 def model_fingerprint(model: str | Path) -> str | None:
     """A cheap identity for a model folder (path, sizes and mtimes of its weight and tokenizer files),
     used to key caches of its embeddings; None for a hub id (nothing local to fingerprint)."""
@@ -163,7 +177,11 @@ class Encoder:
         wdir = transformer_dir(model)
         try:
             tok = AutoTokenizer.from_pretrained(str(wdir), trust_remote_code=False)
-            net = AutoModel.from_pretrained(str(wdir), trust_remote_code=False, use_safetensors=True, dtype=dt)
+            extra = {}
+            if _model_type(wdir) in MODEL_TYPES_WITH_POOLER:
+                # The pooler is an unused head here (pooling is the preset's) and often not in the checkpoint.
+                extra["add_pooling_layer"] = False
+            net = AutoModel.from_pretrained(str(wdir), trust_remote_code=False, use_safetensors=True, dtype=dt, **extra)
         except OSError as exc:
             raise UserError(f"{model}: cannot load a model and tokenizer from here ({exc})") from None
         net.to(dev).eval()
