@@ -228,3 +228,27 @@ def test_older_sentence_transformers_layout_with_a_transformer_subfolder(tiny, e
     (old / "modules.json").write_text(json.dumps(modules))
     out = expand_model(old, expanded_tok, tmp_path / "x", preset="qwen3-embedding")
     assert torch.equal(_emb(out)[:151669], _emb(tiny))
+
+
+def test_wordpiece_pieces_keep_their_place_in_the_word():
+    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, trainers
+    from tokenizers import models as tm
+
+    from koemb.model.expand import NewToken, base_pieces
+
+    base = Tokenizer(tm.WordPiece(unk_token="[UNK]"))
+    base.normalizer = normalizers.NFC()
+    base.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    base.decoder = decoders.WordPiece()
+    base.train_from_iterator(ko_docs(400), trainers.WordPieceTrainer(vocab_size=1500, special_tokens=["[PAD]", "[UNK]"], show_progress=False))
+    tj = json.loads(base.to_str())
+    n = base.get_vocab_size()
+    new = [w for w in ("##습니다", "청원합니다", "##니까요") if w not in tj["model"]["vocab"]]
+    for k, w in enumerate(new):
+        tj["model"]["vocab"][w] = n + k
+    expanded = Tokenizer.from_str(json.dumps(tj))
+    tokens = [NewToken(n + k, canonical(w, "wordpiece")) for k, w in enumerate(new)]
+    for w, ids in zip(new, base_pieces(tokens, base, expanded)):
+        pieces = [base.id_to_token(i) for i in ids]
+        assert "".join(p.removeprefix("##") for p in pieces) == w.removeprefix("##"), (w, pieces)
+        assert pieces[0].startswith("##") == w.startswith("##") and all(p.startswith("##") for p in pieces[1:]), (w, pieces)

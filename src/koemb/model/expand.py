@@ -19,7 +19,8 @@ special tokens or EOS, and it also works for byte-level tokens that are incomple
 Hangul syllables), which have no text to tokenise. For an added token (and for WordPiece, whose
 model does not take `##` strings) the token's canonical text is tokenised by the full base
 tokenizer WITHOUT special tokens (Qwen3-Embedding would otherwise append `<|endoftext|>`). For
-complete byte-level BPE tokens both ways give the same ids (tested).
+complete byte-level BPE tokens both ways give the same ids (tested). WordPiece pieces keep their
+place in the word: a `##` continuation token splits into `##` pieces (`_wordpiece_pieces`).
 """
 
 from __future__ import annotations
@@ -201,7 +202,9 @@ def check_extends(base: Any, expanded: Any, source: str) -> None:
 def base_pieces(tokens: list[NewToken], base: Any, expanded: Any) -> list[list[int]]:
     """For each new token, the BASE ids it splits into (see the module docstring for why this way)."""
     added_ids = set(expanded.get_added_tokens_decoder())
-    model_route = type(base.model).__name__ in ("BPE", "Unigram")
+    model_type = type(base.model).__name__
+    model_route = model_type in ("BPE", "Unigram")
+    prefix = getattr(base.model, "continuing_subword_prefix", "##") if model_type == "WordPiece" else None
     # A Unigram model maps what it cannot cover to <unk>; such a split says nothing about the token.
     unk = {i for i in (base.token_to_id(u) for u in ("<unk>", "[UNK]")) if i is not None}
     out: list[list[int]] = []
@@ -212,12 +215,35 @@ def base_pieces(tokens: list[NewToken], base: Any, expanded: Any) -> list[list[i
             ids = [p.id for p in base.model.tokenize(raw)] if raw is not None else []
             if unk.intersection(ids):
                 ids = []
+        elif prefix is not None and t.id not in added_ids:
+            ids = _wordpiece_pieces(expanded.id_to_token(t.id) or "", base, prefix)
         if not ids and t.text:
             ids = base.encode(t.text, add_special_tokens=False).ids
         if not ids:
             raise UserError(f"new token id {t.id} ({t.text!r}): the base tokenizer splits it into no pieces; cannot initialise it")
         out.append(ids)
     return out
+
+
+def _wordpiece_pieces(raw: str, base: Any, prefix: str) -> list[int]:
+    """Base WordPiece split of one vocab string, keeping its position in the word.
+
+    A continuation piece (`##습니다`) must split into continuation pieces (`##습`, `##니다`);
+    tokenising its text as a word would give a word-initial `습` instead. The WordPiece model
+    only splits whole words, so split the core and re-mark the first piece as a continuation.
+    """
+    cont = raw.startswith(prefix)
+    core = raw[len(prefix):] if cont else raw
+    toks = base.model.tokenize(core) if core else []
+    if not toks or any(t.value == base.model.unk_token for t in toks):
+        return []
+    ids = [t.id for t in toks]
+    if cont:
+        first = base.token_to_id(prefix + toks[0].value)
+        if first is None:
+            return []  # no continuation form of the first piece: fall back to the text route
+        ids[0] = first
+    return ids
 
 
 # --------------------------------------------------------------------------- resizing
