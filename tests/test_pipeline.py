@@ -70,6 +70,13 @@ def test_run_writes_the_layout_keeps_old_rows_and_resumes(tmp_path):
     assert not torch.equal(rows[emb][first_new:], exp[emb][first_new:])
     assert set(lora) == set(exp) and not torch.equal(lora["layers.0.self_attn.q_proj.weight"], rows["layers.0.self_attn.q_proj.weight"])
 
+    # `koemb train`: the stages only, from the expanded model, through the CLI.
+    cfg_file = tmp_path / "small.yaml"
+    cfg_file.write_text(yaml.safe_dump(small_config(), allow_unicode=True))
+    assert main(["train", "--config", str(cfg_file), "--out", str(tmp_path / "t"), "--model", str(out / "expanded"), "--set", "stages.1.steps=1"]) == 0
+    assert torch.equal(_weights(tmp_path / "t" / "stages" / "rows")[emb], rows[emb])  # same stage, same weights
+    assert not (tmp_path / "t" / "expanded").exists() and (tmp_path / "t" / "stages" / "lora" / "model.safetensors").is_file()
+
     # An interrupted run: the last stage's folder and everything after it are gone.
     final_before = _weights(out / "final")
     import shutil

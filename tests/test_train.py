@@ -191,3 +191,29 @@ def test_stage_config_errors_name_the_field():
         validate_model(StageConfig, {"name": "x", "train": "full", "data": [{"path": "a"}], "lr": 1}, "cfg.yaml")
     with pytest.raises(UserError, match="temprature"):
         validate_model(StageConfig, {"name": "x", "train": "full", "data": [{"path": "a"}], "lr": 1, "steps": 1, "objective": {"infonce": {"temprature": 1}}}, "cfg.yaml")
+
+
+def test_batch_plan_is_deterministic_weighted_and_groups_lengths():
+    from koemb.train.data import plan_batches
+
+    lengths = [[(i * 37) % 101 for i in range(400)], [5] * 50]
+    a = plan_batches([400, 50], [3.0, 1.0], 8, 200, seed=1, group_by_length=lengths)
+    assert a == plan_batches([400, 50], [3.0, 1.0], 8, 200, seed=1, group_by_length=lengths)
+    assert a != plan_batches([400, 50], [3.0, 1.0], 8, 200, seed=2, group_by_length=lengths)
+    share = sum(1 for s, _ in a if s == 0) / len(a)
+    assert 0.65 < share < 0.85  # weights 3:1
+    assert all(len(idx) == 8 for _, idx in a)
+    # Grouped batches span a narrow range of lengths; ungrouped ones do not.
+    spread = lambda plan: sum(max(lengths[0][i] for i in idx) - min(lengths[0][i] for i in idx) for s, idx in plan if s == 0)
+    assert spread(a) < spread(plan_batches([400, 50], [3.0, 1.0], 8, 200, seed=1)) / 3
+
+
+def test_two_spans_and_epochs():
+    import random
+
+    from koemb.train.data import two_spans
+
+    a, b = two_spans("하나 둘 셋 넷 다섯 여섯", random.Random(0))
+    assert a and b and f"{a} {b}" == "하나 둘 셋 넷 다섯 여섯"
+    cfg = StageConfig.model_validate({"name": "e", "train": "full", "data": [{"path": "x"}], "lr": 1, "epochs": 2, "batch_size": 4, "grad_accumulation": 2})
+    assert cfg.total_steps(n_examples=100, world_size=2) == 13  # ceil(2 * 100 / (4 * 2 * 2))

@@ -285,7 +285,9 @@ def train_stage(
         logger.close()
     if stopped:
         return None
-    accelerator.unwrap_model(module)
+    # accelerate keeps every prepared model and optimizer; drop this stage's before the next one.
+    accelerator.free_memory()
+    del module, optimizer
     plain = prepared.finish()
     if runtime.gradient_checkpointing and hasattr(plain, "gradient_checkpointing_disable"):
         plain.gradient_checkpointing_disable()

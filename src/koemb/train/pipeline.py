@@ -313,9 +313,7 @@ def train_stages(
         raise UserError(f"{current}: not a model folder (no config.json); run `koemb run` or give --model")
     teacher = None
     if cfg.needs_teacher:
-        base = base or cfg.base_model
-        if base == BUILTIN_TINY:
-            base = str(out / "base")
+        base = base or _base_folder(cfg, out)  # builtin:tiny-qwen3 is rebuilt identically (seeded)
         tpreset = resolve_preset(base, cfg.preset)
         tmodel = AutoModel.from_pretrained(base, dtype=torch.float32).to(acc.device).eval()
         tmodel.requires_grad_(False)
