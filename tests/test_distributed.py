@@ -85,6 +85,20 @@ def worker(out: str, model_dir: str | None) -> None:
         other = rows.clone()
         dist.broadcast(other, src=0)
         grads["__loop_rows_equal_across_ranks"] = torch.tensor(float(torch.equal(rows, other)))
+        # GradCache under DDP (no_sync on all chunks but the last) gives the same averaged gradients.
+        from koemb.train.data import collate, read_examples
+        from koemb.train.loop import _micro_step
+
+        batch = collate(read_examples(pairs)[rank * 4 : rank * 4 + 4], "", 0, rank)
+        by_chunk = []
+        for chunk in (None, 2):
+            net = AutoModel.from_pretrained(model_dir, dtype=torch.float32)
+            ddp = acc.prepare(net)
+            _micro_step(ddp, batch, tok, read_spec(model_dir, 48), stage([pairs], train="full", grad_cache_chunk=chunk), None, acc, 1.0, sync=True)
+            by_chunk.append({n: p.grad.clone() for n, p in net.named_parameters()})
+            acc.free_memory()
+        diff = max(((by_chunk[0][n] - by_chunk[1][n]).abs().max() / by_chunk[0][n].abs().max().clamp(min=1e-12)).item() for n in by_chunk[0])
+        grads["__gradcache_ddp_rel_diff"] = torch.tensor(diff)
     if rank == 0:
         torch.save({"loss": mean_loss, "grads": grads}, out)
     acc.wait_for_everyone()
@@ -110,6 +124,7 @@ def test_two_processes_equal_one_process_on_the_global_batch(tmp_path, qwen_dir)
     loss.backward()
     assert abs(got["loss"].item() - loss.item()) < 1e-5
     assert got["grads"].pop("__loop_rows_equal_across_ranks").item() == 1.0
+    assert got["grads"].pop("__gradcache_ddp_rel_diff").item() < 1e-4
     ref = {n: p.grad for n, p in model.named_parameters()}
     assert got["grads"].keys() == ref.keys()
     for n in ref:
