@@ -53,6 +53,22 @@ class Teacher:
     batch_size: int = 32
     cache: dict[str, torch.Tensor] = field(default_factory=dict)
 
+    def load(self, path: Path) -> None:
+        """Add the embeddings saved by `save` (a resumed run does not re-embed what it had)."""
+        if path.is_file():
+            data = torch.load(path, map_location="cpu", weights_only=True)
+            self.cache.update(zip(data["texts"], data["embeddings"]))
+
+    def save(self, path: Path) -> None:
+        import os
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        texts = list(self.cache)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        emb = torch.stack([self.cache[t] for t in texts]) if texts else torch.empty(0)
+        torch.save({"texts": texts, "embeddings": emb}, tmp)
+        os.replace(tmp, path)
+
     @torch.no_grad()
     def embed(self, texts: list[str], device: torch.device) -> torch.Tensor:
         todo = sorted({t for t in texts if t not in self.cache}, key=len)

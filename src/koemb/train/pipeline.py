@@ -11,6 +11,7 @@ CLI only parses flags. Output layout under OUT:
     final/               the last stage's model
     eval/                what `koemb evaluate` writes: results.json (base, expanded, every stage), report.md, charts
     checkpoints/         training checkpoints (model folders never hold any)
+    cache/teacher.pt     the distillation teacher's embeddings by text (the base model never changes)
     logs/                train.jsonl and TensorBoard events
 
 Every folder is written whole or not at all (temporary name, then rename), so `--resume` trusts a
@@ -318,6 +319,7 @@ def train_stages(
         tmodel = AutoModel.from_pretrained(base, dtype=torch.float32).to(acc.device).eval()
         tmodel.requires_grad_(False)
         teacher = Teacher(tmodel, AutoTokenizer.from_pretrained(base), EncodeSpec.from_preset(tpreset), cfg.runtime.teacher_batch_size)
+        teacher.load(out / "cache" / "teacher.pt")
     rt = Runtime(
         checkpoint_dir=out / "checkpoints", log_dir=out / "logs", checkpoint_every=cfg.runtime.checkpoint_every,
         keep_checkpoints=cfg.runtime.keep_checkpoints, log_every=cfg.runtime.log_every,
@@ -340,6 +342,8 @@ def train_stages(
             accelerator=acc, teacher=teacher, resume=resume,
         )
         if acc.is_main_process:
+            if teacher is not None:
+                teacher.save(out / "cache" / "teacher.pt")
             save_sentence_transformer(
                 trained, tok, dest, preset, expansion=current / "expansion.json" if (current / "expansion.json").is_file() else None,
                 recipe={"stage": i + 1, "of": len(cfg.stages), "from": str(current), **stage.model_dump(mode="json")},
