@@ -69,10 +69,10 @@ def stage(data: list[Path], **kw) -> StageConfig:
     return StageConfig.model_validate({**base, **kw})
 
 
-def run_stage(folder: Path, cfg: StageConfig, ckpt: Path, *, resume: bool = False, stop_after: int | None = None, checkpoint_every: int = 0, teacher=None):
+def run_stage(folder: Path, cfg: StageConfig, ckpt: Path, *, resume: bool = False, stop_after: int | None = None, checkpoint_every: int = 0, teacher=None, gc: bool = False):
     model = AutoModel.from_pretrained(str(folder), dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(str(folder))
-    rt = Runtime(checkpoint_dir=ckpt, log_dir=ckpt.parent / "logs", checkpoint_every=checkpoint_every, keep_checkpoints=2, progress=False, stop_after_steps=stop_after)
+    rt = Runtime(checkpoint_dir=ckpt, log_dir=ckpt.parent / "logs", checkpoint_every=checkpoint_every, keep_checkpoints=2, progress=False, stop_after_steps=stop_after, gradient_checkpointing=gc)
     out = train_stage(model, tok, cfg, stage_index=0, spec=read_spec(folder, cfg.max_length), first_new_id=FIRST_NEW, runtime=rt, accelerator=Accelerator(cpu=True), teacher=teacher, resume=resume)
     return out, tok
 
@@ -217,3 +217,14 @@ def test_two_spans_and_epochs():
     assert a and b and f"{a} {b}" == "하나 둘 셋 넷 다섯 여섯"
     cfg = StageConfig.model_validate({"name": "e", "train": "full", "data": [{"path": "x"}], "lr": 1, "epochs": 2, "batch_size": 4, "grad_accumulation": 2})
     assert cfg.total_steps(n_examples=100, world_size=2) == 13  # ceil(2 * 100 / (4 * 2 * 2))
+
+
+def test_gradient_checkpointing_gives_the_same_weights(tiny_dir, tmp_path):
+    pairs, _ = write_data(tmp_path)
+    cfg = stage([pairs], train={"kind": "lora", "r": 4, "alpha": 8}, steps=2)
+    plain, _ = run_stage(tiny_dir, cfg, tmp_path / "a")
+    ckpt, _ = run_stage(tiny_dir, cfg, tmp_path / "b", gc=True)
+    a, b = plain.state_dict(), ckpt.state_dict()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert not ckpt.is_activation_checkpointing

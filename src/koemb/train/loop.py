@@ -200,8 +200,10 @@ def train_stage(
     Returns None when `runtime.stop_after_steps` stopped the stage early (a simulated crash).
     """
     torch.manual_seed(stage.seed)
-    if runtime.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if runtime.gradient_checkpointing:
+        # Non-reentrant: works when the inputs need no grad (frozen embeddings, LoRA) without tricks.
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        assert model.is_activation_checkpointing
     prepared = stage.train.prepare(model, first_new_id)
     module = prepared.module
     params = list(prepared.trainable().values())
@@ -305,8 +307,8 @@ def train_stage(
     accelerator.free_memory()
     del module, optimizer
     plain = prepared.finish()
-    if runtime.gradient_checkpointing and hasattr(plain, "gradient_checkpointing_disable"):
-        plain.gradient_checkpointing_disable()
+    if runtime.gradient_checkpointing:
+        plain.activation_checkpointing_disable()
     plain.eval()
     return plain
 
