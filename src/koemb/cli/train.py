@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -11,6 +12,11 @@ from rich.console import Console
 from koemb.cli import app
 
 console = Console()
+def _main_process() -> bool:
+    # Under torchrun / accelerate launch every process runs the command; one of them reports.
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 SET_HELP = "Override a config value, e.g. --set stages.0.lr=1e-4 (repeatable)."
 
 
@@ -31,7 +37,8 @@ def run_cmd(
     cfg = load_pipeline(config, set_)
     run_pipeline(cfg, out, resume=resume, overwrite=overwrite)
     report = out / "eval" / "report.md"
-    console.print(f"done: final model in {out / 'final'}" + (f", report in {report}" if report.is_file() else ""))
+    if _main_process():
+        console.print(f"done: final model in {out / 'final'}" + (f", report in {report}" if report.is_file() else ""))
 
 
 @app.command("train")
@@ -47,11 +54,13 @@ def train_cmd(
     from koemb.train.pipeline import load_pipeline, train_stages
 
     cfg = load_pipeline(config, set_)
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        dump_yaml_model(cfg, out / "config.yaml")
+    if _main_process():
+        out.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            dump_yaml_model(cfg, out / "config.yaml")
     last = train_stages(cfg, out, model=model, resume=resume)
-    console.print(f"done: last stage in {last}")
+    if _main_process():
+        console.print(f"done: last stage in {last}")
 
 
 @app.command("validate")

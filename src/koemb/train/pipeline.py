@@ -314,7 +314,11 @@ def train_stages(
         raise UserError(f"{current}: not a model folder (no config.json); run `koemb run` or give --model")
     teacher = None
     if cfg.needs_teacher:
-        base = base or _base_folder(cfg, out)  # builtin:tiny-qwen3 is rebuilt identically (seeded)
+        if base is None:  # builtin:tiny-qwen3 is rebuilt identically (seeded), by one process
+            if acc.is_main_process:
+                _base_folder(cfg, out)
+            acc.wait_for_everyone()
+            base = str(out / "base") if cfg.base_model == BUILTIN_TINY else cfg.base_model
         tpreset = resolve_preset(base, cfg.preset)
         tmodel = AutoModel.from_pretrained(base, dtype=torch.float32).to(acc.device).eval()
         tmodel.requires_grad_(False)
