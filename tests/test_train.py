@@ -228,3 +228,31 @@ def test_gradient_checkpointing_gives_the_same_weights(tiny_dir, tmp_path):
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
     assert not ckpt.is_activation_checkpointing
+
+
+def test_new_rows_on_an_xlmr_encoder_with_mean_pooling():
+    # The e5 family (XLM-R, mean pooling): same guarantee through the model's own embedding module.
+    from transformers import XLMRobertaConfig, XLMRobertaModel
+
+    from koemb.model.pooling import pool
+    from koemb.train.setups import NewRows
+
+    torch.manual_seed(0)
+    model = XLMRobertaModel(XLMRobertaConfig(vocab_size=300, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64), add_pooling_layer=False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    prepared = NewRows().prepare(model, 250)
+    opt = torch.optim.AdamW(list(prepared.trainable().values()), lr=1e-2, weight_decay=0.5)
+    ids = torch.randint(3, 300, (6, 10), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    for _ in range(3):
+        e = pool(prepared.module(input_ids=ids, attention_mask=mask).last_hidden_state, mask, "mean")
+        prepared.module.zero_grad()
+        from koemb.train.losses import infonce
+
+        infonce(e[:3], e[3:], torch.arange(3)).backward()
+        opt.step()
+    after = prepared.finish().state_dict()
+    w = "embeddings.word_embeddings.weight"
+    assert set(after) == set(before)
+    assert torch.equal(after[w][:250], before[w][:250]) and not torch.equal(after[w][250:], before[w][250:])
+    assert all(torch.equal(after[k], before[k]) for k in before if k != w)
