@@ -72,15 +72,9 @@ class InitConfig(StrictModel):
 class EvaluationConfig(StrictModel):
     """What `koemb evaluate` runs on the base, the expanded model and every stage."""
 
-    suite: str | dict[str, Any] | None = Field(None, description="A suite YAML path, or the suite itself (tasks: ...).")
-    mteb: list[str] = Field(default_factory=list, description="Official MTEB task names (online only).")
+    suite: str | dict[str, Any] = Field(description="A suite YAML path, or the suite itself (tasks: ...).")
+    mteb: list[str] = Field(default_factory=list, description="Official MTEB task names too (online only).")
     stages: bool = Field(True, description="Also evaluate every intermediate stage, not only base, expanded and final.")
-
-    @model_validator(mode="after")
-    def _something(self) -> EvaluationConfig:
-        if self.suite is None and not self.mteb:
-            raise ValueError("give a `suite` and/or `mteb` tasks")
-        return self
 
 
 class RuntimeConfig(StrictModel):
@@ -163,7 +157,7 @@ def validate_pipeline(cfg: PipelineConfig, source: str = "config") -> list[str]:
             raise UserError(f"{source}: {key}: {v} is not a folder")
     if cfg.tokenizer and cfg.tokenizer.expanded and not (Path(cfg.tokenizer.expanded) / "tokenizer.json").is_file():
         raise UserError(f"{source}: tokenizer.expanded: {cfg.tokenizer.expanded} has no tokenizer.json")
-    if cfg.evaluation and cfg.evaluation.suite is not None:
+    if cfg.evaluation:
         _load_suite(cfg.evaluation.suite, f"{source}: evaluation.suite")
     model_cfg = _model_config(cfg.expanded_model or cfg.base_model, notes)
     if model_cfg is not None:
@@ -375,7 +369,7 @@ def evaluate_step(cfg: PipelineConfig, out: Path, base: str) -> dict[str, Any] |
     from koemb.eval.run import evaluate
 
     ev = cfg.evaluation
-    suite = _load_suite(ev.suite, "evaluation.suite") if ev.suite is not None else None
+    suite = _load_suite(ev.suite, "evaluation.suite")
     baselines: list[str] = [base]
     labels = ["base"]
     if (out / "expanded").is_dir():
