@@ -20,11 +20,9 @@ $(STAMP): pyproject.toml requirements.txt
 
 .venv: $(STAMP)
 
+# The demo: donor -> tokenizer expansion -> tiny Qwen3 (real tokenizer) -> six stages -> evaluation -> report.
 demo: $(STAMP)
-	$(BIN)/koemb vocab train-donor --like builtin:qwen3-embedding --corpus builtin:ko-sample --vocab-size 8000 --out outputs/demo/donor
-	$(BIN)/koemb vocab expand --base builtin:qwen3-embedding --donor outputs/demo/donor/tokenizer.json \
-		--corpus builtin:ko-sample --max-new-tokens 3000 --out outputs/demo/tokenizer --overwrite
-	$(BIN)/koemb vocab analyze --tokenizer builtin:qwen3-embedding --tokenizer outputs/demo/tokenizer --corpus builtin:ko-sample
+	$(BIN)/koemb run --config configs/demo.yaml --out outputs/demo --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
