@@ -162,7 +162,7 @@ def search(encoder: Encoder, data: RetrievalData, instruction: str | None = None
     q_emb = encoder.encode(queries, desc=f"queries {encoder.name}")
     scores, idx = exact_search(q_emb, doc_emb, top_k)
     return {
-        qid: {dids[j]: float(s) for s, j in zip(scores[r].tolist(), idx[r].tolist())} for r, qid in enumerate(qids)
+        qid: {dids[j]: float(s) for s, j in zip(scores[r].tolist(), idx[r].tolist(), strict=True)} for r, qid in enumerate(qids)
     }
 
 

@@ -157,8 +157,10 @@ def evaluate(
     suite_obj = load_suite(suite) if not isinstance(suite, Suite) else suite
     if model is None and not baselines:
         raise UserError("nothing to evaluate: give a model and/or baselines")
+    if len(baseline_labels or []) > len(baselines):
+        raise UserError(f"{len(baseline_labels or [])} baseline labels for {len(baselines)} baselines")
     b_labels = list(baseline_labels or []) + [None] * (len(baselines) - len(baseline_labels or []))
-    entries = _labels([*[(b, lab, "baseline") for b, lab in zip(baselines, b_labels)], *([(model, label, "model")] if model is not None else [])])
+    entries = _labels([*[(b, lab, "baseline") for b, lab in zip(baselines, b_labels, strict=True)], *([(model, label, "model")] if model is not None else [])])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
