@@ -165,3 +165,14 @@ def test_e5_small_ranks_a_korean_answer_above_an_unrelated_text(me5):
     d = me5.encode_documents(["서울의 인구는 약 940만 명으로 한국에서 가장 많다.", "김치는 배추를 소금에 절여 만든다."])
     sims = (q @ d.T)[0]
     assert sims[0] > sims[1] + 0.03
+
+
+def test_a_saved_sentence_transformers_folder_round_trips(tiny_qwen, tmp_path):
+    # koemb.model.save writes what detect_preset reads: same preset, same embeddings after saving.
+    from koemb.model.save import save_sentence_transformer
+
+    enc = Encoder.load(tiny_qwen, device="cpu")
+    out = save_sentence_transformer(enc.model, enc.tokenizer, tmp_path / "saved", "qwen3-embedding", max_seq_length=64)
+    again = Encoder.load(out, device="cpu")
+    assert again.preset == enc.preset.with_overrides(max_length=64)
+    torch.testing.assert_close(again.encode_queries(TEXTS), enc.encode_queries(TEXTS), atol=1e-6, rtol=0)

@@ -187,6 +187,7 @@ def detect_preset(model: str | Path) -> Preset:
     1. a Qwen3 model (`config.json` model_type "qwen3") whose sentence-transformers pooling is last-token,
        or that has no pooling config → `qwen3-embedding`;
     2. sentence-transformers prompts `query: ` / `passage: ` → `e5`;
+       (for 1 and 2, `sentence_bert_config.json`'s `max_seq_length`, when present, sets max_length)
     3. any other sentence-transformers layout → a preset named "sentence-transformers" built from
        its own pooling, Normalize module, prompts, `max_seq_length` and tokenizer padding side;
     4. a hub id (no such folder) whose name contains "qwen3-embedding" or "e5" → that preset.
@@ -207,10 +208,14 @@ def detect_preset(model: str | Path) -> Preset:
     bert_cfg = _read_json(folder / "sentence_bert_config.json") or {}
     max_len = bert_cfg.get("max_seq_length")
 
+    family = None
     if config.get("model_type") == "qwen3" and pooling in (None, "lasttoken"):
-        return get_preset("qwen3-embedding")
-    if prompts.get("query") == "query: " and prompts.get("document") == "passage: ":
-        preset = get_preset("e5")
+        family = "qwen3-embedding"
+    elif prompts.get("query") == "query: " and prompts.get("document") == "passage: ":
+        family = "e5"
+    if family is not None:
+        # A saved model's own max_seq_length wins over the family default.
+        preset = get_preset(family)
         return preset.with_overrides(max_length=max_len) if max_len else preset
     if pooling is not None:
         tok_cfg = _read_json(folder / "tokenizer_config.json") or {}
