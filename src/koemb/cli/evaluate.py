@@ -29,6 +29,7 @@ def evaluate_cmd(
     mteb: Optional[str] = typer.Option(None, "--mteb", help="Comma-separated official MTEB tasks, e.g. Ko-StrategyQA,AutoRAGRetrieval (needs mteb and a network)."),
     set_: list[str] = typer.Option([], "--set", help="Override a suite field, e.g. --set tasks.0.limit=100."),
     seed: int = typer.Option(0, "--seed"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's; on a busy machine fewer can be faster)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Re-encode corpora instead of reusing cached embeddings."),
 ) -> None:
     """Evaluate a model (and baselines) on a suite: retrieval, STS, separation, tokenizer and row statistics."""
@@ -37,6 +38,10 @@ def evaluate_cmd(
     from koemb.eval.suite import Suite, load_suite
     from koemb.eval.tasks import TASK_TYPES
 
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     preset_overrides = {}
     for item in preset_set:
         path, value = parse_override(item)
