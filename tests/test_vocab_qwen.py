@@ -113,6 +113,9 @@ def test_targets_encode_to_their_own_id(expanded):
 def test_non_korean_text_keeps_base_ids(hf_pair):
     base, new = hf_pair
     lines = stdlib_text_lines()
+    # Every emoji-block code point, 64 to a line, plus ZWJ sequences and flags.
+    emoji = [chr(c) for c in range(0x1F300, 0x1FAFF) if unicodedata.category(chr(c)) == "So"]
+    lines += [" ".join(emoji[i : i + 64]) for i in range(0, len(emoji), 64)]
     lines += ["emoji 👩‍👩‍👧‍👦 🇰🇷 ❤️‍🔥 🤖 ok", "日本語のテキストです。東京タワー", "中文文本测试，北京欢迎你",
               "ÅÄÖ café naïve façade", "\tTabs\tand  double  spaces\n\nnew lines", "Ελληνικά και русский текст"]
     assert sum(map(len, lines)) > 2_500_000
