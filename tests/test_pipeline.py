@@ -59,7 +59,7 @@ def test_run_writes_the_layout_keeps_old_rows_and_resumes(tmp_path):
     assert len(cached["texts"]) == cached["embeddings"].shape[0] > 0
     assert load_pipeline(out / "config.yaml") == cfg  # the resolved config is the same schema, same values
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
-    assert ckpts == ["s00-rows-step0000002.pt", "s01-lora-step0000002.pt"]
+    assert ckpts == ["s00-rows-step0000002", "s01-lora-step0000002"]
     for folder in ("expanded", "stages/rows", "stages/lora", "final"):
         assert not [p for p in (out / folder).rglob("*") if p.suffix == ".pt" or ".tmp" in p.name], folder
     results = json.loads((out / "eval" / "results.json").read_text())

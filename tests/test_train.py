@@ -96,7 +96,9 @@ def test_new_rows_keeps_old_rows_bit_identical_with_weight_decay(tiny_dir, tmp_p
     assert moments and all(t.shape == (len(NEW_WORDS), 64) for t in moments)
     # The log has what the issue asks for.
     rec = [json.loads(l) for l in (tmp_path / "logs" / "train.jsonl").read_text().splitlines()]
-    assert len(rec) == 3 and {"loss", "lr", "grad_norm", "tokens_per_s"} <= set(rec[-1])
+    steps, end = rec[:-1], rec[-1]  # one record per step, then the stage summary
+    assert len(steps) == 3 and {"loss", "lr", "grad_norm", "tokens_per_s"} <= set(steps[-1])
+    assert end["event"] == "stage_end" and end["skipped_bad_batches"] == 0
 
 
 def test_all_rows_moves_old_rows_and_nothing_else(tiny_dir, tmp_path):

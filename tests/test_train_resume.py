@@ -30,7 +30,7 @@ def test_resume_reaches_the_same_final_weights(tmp_path, qwen_dir):
     crashed, _ = run_stage(folder, cfg, tmp_path / "b" / "checkpoints", stop_after=3, checkpoint_every=2)
     assert crashed is None
     ckpts = list_checkpoints(tmp_path / "b" / "checkpoints")
-    assert [p.name for p in ckpts] == ["s00-s-step0000002.pt"]
+    assert [p.name for p in ckpts] == ["s00-s-step0000002"]
     state = load_checkpoint(ckpts[-1])
     assert state["step"] == 2 and state["data_position"] == 4
     resumed, _ = run_stage(folder, cfg, tmp_path / "b" / "checkpoints", resume=True, checkpoint_every=2)
@@ -41,7 +41,7 @@ def test_resume_reaches_the_same_final_weights(tmp_path, qwen_dir):
         assert torch.equal(a[k], b[k]), k
     # Keep the last 2, and no temporary files are left behind.
     names = sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir())
-    assert names == ["s00-s-step0000004.pt", "s00-s-step0000005.pt"]
+    assert names == ["s00-s-step0000004", "s00-s-step0000005"]
 
 
 def test_resume_without_checkpoint_differs_when_training_is_cut(tmp_path, qwen_dir):

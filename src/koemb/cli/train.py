@@ -53,12 +53,19 @@ def train_cmd(
     from koemb.config import dump_yaml_model
     from koemb.train.pipeline import load_pipeline, train_stages
 
+    from koemb.train.lock import RunLock
+
     cfg = load_pipeline(config, set_)
-    if _main_process():
-        out.mkdir(parents=True, exist_ok=True)
-        if not resume:
+    lock = RunLock(out, takeover=resume) if _main_process() else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        if _main_process() and not resume:
             dump_yaml_model(cfg, out / "config.yaml")
-    last = train_stages(cfg, out, model=model, resume=resume)
+        last = train_stages(cfg, out, model=model, resume=resume)
+    finally:
+        if lock is not None:
+            lock.release()
     if _main_process():
         console.print(f"done: last stage in {last}")
 

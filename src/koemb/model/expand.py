@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from koemb.errors import UserError
+from koemb.faults import fault
 from koemb.model.init_methods import InitInputs, add_relative_noise, get_init
 
 log = logging.getLogger(__name__)
@@ -416,6 +417,7 @@ def expand_model(
         "init": report.init_json(),
         "rows": {"before": report.rows_before, "after": report.rows_after},
     }
+    fault("during_expand")  # reliability tests: a kill after the work, before the folder exists
     return save_sentence_transformer(
         net, out_tok, out, chosen, max_seq_length=max_seq_length, expansion=exp_out, recipe=recipe,
         title=f"{Path(str(model)).name} + {len(tokens)} new tokens ({init} init)", overwrite=overwrite,

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from koemb.errors import UserError
+from koemb.faults import fault, loss_fault
 from koemb.train.checkpoint import latest_for_stage, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from koemb.train.data import Source, TextBatch, collate, plan_batches, read_entry
 from koemb.train.encode import EncodeSpec, embed, tokenize
@@ -41,6 +43,8 @@ class Runtime:
     gradient_checkpointing: bool = False
     progress: bool = True
     stop_after_steps: int | None = None  # testing a crash: leave the loop after this many steps
+    skip_bad_batches: bool = False  # a NaN/inf loss or gradient: skip that step (counted) instead of stopping
+    where: str = "stages"  # how the config names the stage list, for messages (stages.<i>)
 
 
 @dataclass
@@ -133,6 +137,7 @@ def _micro_step(
     accelerator: Any,
     scale: float,
     sync: bool,
+    inject: float | None = None,
 ) -> tuple[float, dict[str, float], int]:
     """Forward + backward of one micro-batch; returns (loss, per-objective losses, real tokens)."""
     dev = accelerator.device
@@ -152,6 +157,8 @@ def _micro_step(
         with maybe_no_sync(not sync):
             embs = {r: embed(module, e, spec) for r, e in encs.items()}
             loss, parts = stage.objective.loss(embs, batch, teacher_embs)
+            if inject is not None:  # KOEMB_FAULT=nan_loss:N: a real non-finite loss, gradients included
+                loss = loss * inject
             accelerator.backward(loss * scale)
         return float(loss.detach()), parts, n_tokens
 
@@ -168,6 +175,8 @@ def _micro_step(
                 outs.append(embed(module, _slice(e, a, a + chunk), spec))
             leaves[r] = torch.cat(outs).detach().requires_grad_(True)  # (n, D)
     loss, parts = stage.objective.loss(leaves, batch, teacher_embs)
+    if inject is not None:
+        loss = loss * inject
     (loss * scale).backward()
     todo = [(r, a) for r, e in encs.items() for a in range(0, e["input_ids"].shape[0], chunk)]
     for i, (r, a) in enumerate(todo):
@@ -221,6 +230,7 @@ def train_stage(
     plan = plan_batches([len(s.examples) for s in sources], [s.weight for s in sources], stage.batch_size, total * accum * world, stage.seed, lengths)
 
     start = 0
+    skipped = 0  # steps whose loss or gradient was not finite (runtime.skip_bad_batches)
     if resume:
         path = latest_for_stage(runtime.checkpoint_dir, stage_index, stage.name)
         if path is not None:
@@ -235,6 +245,7 @@ def train_stage(
             scheduler.load_state_dict(state["scheduler"])
             set_rng_state(state["rng"])
             start = state["step"]
+            skipped = int(state.get("skipped_bad_batches", 0))
             log.info("stage %s: resumed from %s (step %d of %d)", stage.name, path.name, start, total)
 
     module, optimizer = accelerator.prepare(module, optimizer)
@@ -252,6 +263,7 @@ def train_stage(
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "rng": rng_state(),
+                "skipped_bad_batches": skipped,
             }
             save_checkpoint(runtime.checkpoint_dir, stage_index, stage.name, step, state, runtime.keep_checkpoints)
         accelerator.wait_for_everyone()
@@ -265,21 +277,40 @@ def train_stage(
                 break
             t0 = time.perf_counter()
             losses, parts_sum, tokens = [], {}, 0
+            inject = loss_fault(step + 1)
             for m in range(accum):
                 src, idx = plan[(step * accum + m) * world + rank]
                 batch = collate([sources[src].examples[i] for i in idx], stage.query_prompt, stage.seed, (step * accum + m) * world + rank)
-                loss, parts, n_tok = _micro_step(module, batch, tokenizer, spec, stage, teacher, accelerator, 1.0 / accum, sync=m == accum - 1)
+                loss, parts, n_tok = _micro_step(
+                    module, batch, tokenizer, spec, stage, teacher, accelerator, 1.0 / accum, sync=m == accum - 1, inject=inject
+                )
                 losses.append(loss)
                 tokens += n_tok
                 for k, v in parts.items():
                     parts_sum[k] = parts_sum.get(k, 0.0) + v / accum
             grad_norm = accelerator.clip_grad_norm_(params, stage.max_grad_norm)
             lr = scheduler.get_last_lr()[0]
-            optimizer.step()
+            done = step + 1
+            bad = _non_finite(losses, float(grad_norm))
+            if bad is not None:
+                # Never step on a non-finite update: one NaN in Adam's moments poisons every later step.
+                optimizer.zero_grad(set_to_none=True)
+                if not runtime.skip_bad_batches:
+                    last = latest_for_stage(runtime.checkpoint_dir, stage_index, stage.name, warn=False)
+                    raise UserError(
+                        f"stage '{stage.name}' ({runtime.where}.{stage_index}), step {done} of {total}: {bad}; training stopped "
+                        f"before the update. Last good checkpoint: {last if last else 'none for this stage yet (it restarts from its input model)'}. "
+                        f"Lower {runtime.where}.{stage_index}.lr and continue with --resume, or set runtime.skip_bad_batches: true "
+                        "to skip such steps (they are counted in logs/train.jsonl)"
+                    )
+                skipped += 1
+                log.warning("stage %s step %d: %s; step skipped (%d so far)", stage.name, done, bad, skipped)
+                logger.write({"stage": stage.name, "step": done, "skipped": True, "reason": bad, "skipped_bad_batches": skipped}, done)
+            else:
+                optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            done = step + 1
-            if done % runtime.log_every == 0 or done == total:
+            if bad is None and (done % runtime.log_every == 0 or done == total):
                 dt = time.perf_counter() - t0
                 record = {
                     "stage": stage.name,
@@ -295,8 +326,10 @@ def train_stage(
                 progress.update(progress.task_ids[0], advance=1, description=f"{stage.name} loss {sum(losses) / len(losses):.4f}")
             if runtime.checkpoint_every and done % runtime.checkpoint_every == 0 and done != total:
                 checkpoint(done)
+            fault("after_step", done)
         if not stopped:
             checkpoint(total)
+            logger.write({"stage": stage.name, "event": "stage_end", "steps": total, "skipped_bad_batches": skipped}, total)
     finally:
         if progress:
             progress.stop()
@@ -311,6 +344,18 @@ def train_stage(
         plain.activation_checkpointing_disable()
     plain.eval()
     return plain
+
+
+def _non_finite(losses: list[float], grad_norm: float) -> str | None:
+    """Why this step must not update the weights, or None when loss and gradient are finite."""
+    import math
+
+    for x in losses:
+        if not math.isfinite(x):
+            return f"the loss is {x}"
+    if not math.isfinite(grad_norm):
+        return f"the gradient norm is {grad_norm}"
+    return None
 
 
 def _progress(enabled: bool, name: str, total: int, start: int):

@@ -15,22 +15,32 @@ CLI only parses flags. Output layout under OUT:
     logs/                train.jsonl and TensorBoard events
 
 Every folder is written whole or not at all (temporary name, then rename), so `--resume` trusts a
-folder that exists and continues the first stage that has none, from its newest checkpoint.
+folder that exists and continues the first stage that has none, from its newest checkpoint that
+verifies. `OUT/.koemb.lock` keeps a second run out of a folder that a live run is writing.
+
+Relative paths in a config file are relative to the config file's folder (so a config and its
+data can move together); values given with `--set` are relative to the working directory.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, model_validator
+import difflib
+
+from pydantic import Field, field_validator, model_validator
 
 from koemb.config import StrictModel, dump_yaml_model, load_yaml_model, read_yaml
 from koemb.errors import UserError
+from koemb.faults import fault
+from koemb.train.lock import LOCK_NAME, RunLock
 from koemb.train.stage import DataEntry, StageConfig
 from koemb.vocab.expand import ExpansionSettings
 
@@ -68,6 +78,17 @@ class InitConfig(StrictModel):
     noise_std: float = Field(0.0, ge=0, description="Gaussian noise, std relative to the old rows' scale.")
     seed: int = 0
 
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        # Checked here, not when the expansion runs: an unknown name should fail before any work.
+        from koemb.model.init_methods import INIT_METHODS
+
+        if v not in INIT_METHODS:
+            hint = difflib.get_close_matches(v, list(INIT_METHODS), n=1)
+            raise ValueError(f"unknown init method {v!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "") + f"; known: {', '.join(INIT_METHODS)}")
+        return v
+
 
 class EvaluationConfig(StrictModel):
     """What `koemb evaluate` runs on the base, the expanded model and every stage."""
@@ -91,10 +112,13 @@ class RuntimeConfig(StrictModel):
     threads: int | None = Field(
         None, ge=1, description="torch CPU threads (default: torch's). On a busy small machine 1 thread can be many times faster."
     )
+    skip_bad_batches: bool = Field(
+        False, description="A step with a NaN/inf loss or gradient is skipped (counted in logs/train.jsonl) instead of stopping the run."
+    )
 
 
 class PipelineConfig(StrictModel):
-    """One YAML for the whole job. Relative file paths are relative to the working directory."""
+    """One YAML for the whole job. Relative file paths are relative to the config file's folder."""
 
     base_model: str = Field(description=f"Folder, hub id, or {BUILTIN_TINY} (a random tiny Qwen3 with the real tokenizer).")
     preset: str | None = Field(None, description="Preset name (qwen3-embedding, e5); default: detected from the model.")
@@ -104,6 +128,8 @@ class PipelineConfig(StrictModel):
     expanded_model: str | None = Field(None, description="Start the stages from this expanded model (skip tokenizer + init).")
     evaluation: EvaluationConfig | None = None
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    trust_remote_code: bool = Field(False, description="Run Python code shipped with the base model (auto_map). Off: only if you trust it.")
+    allow_pickle: bool = Field(False, description="Load .bin/.pt pickle weights (a pickle can run code when loaded). Off: safetensors only.")
     stages: list[StageConfig] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -121,8 +147,55 @@ class PipelineConfig(StrictModel):
         return any(s.objective.needs_teacher for s in self.stages)
 
 
+def _resolve(value: Any, base: Path, always: bool) -> Any:
+    """`value` made absolute against `base` when it is a relative local path; hub ids and builtins stay."""
+    if not isinstance(value, str) or not value or value.startswith("builtin:"):
+        return value
+    p = Path(value).expanduser()
+    if p.is_absolute():
+        return str(p)
+    # A model or donor may be a hub id (`Org/name`): only a path that says so, or exists, is local.
+    if always or value.startswith(".") or (base / p).exists():
+        return os.path.normpath(base / p)
+    return value
+
+
+def resolve_config_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Make the file paths of a raw pipeline mapping absolute against `base` (in place; malformed parts are left to validation)."""
+
+    def at(node: Any, key: str, always: bool) -> None:
+        if isinstance(node, dict) and key in node:
+            node[key] = _resolve(node[key], base, always)
+
+    def entries(node: Any) -> list[Any]:
+        return node if isinstance(node, list) else []
+
+    at(data, "base_model", False)
+    at(data, "expanded_model", True)
+    tok = data.get("tokenizer")
+    if isinstance(tok, dict):
+        at(tok, "expanded", True)
+        at(tok, "donor", False)
+        for e in entries(tok.get("corpus")):
+            at(e, "path", True)
+    ev = data.get("evaluation")
+    if isinstance(ev, dict) and isinstance(ev.get("suite"), str):
+        at(ev, "suite", True)
+    for st in entries(data.get("stages")):
+        if isinstance(st, dict):
+            for e in entries(st.get("data")):
+                at(e, "path", True)
+    return data
+
+
 def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
-    return load_yaml_model(PipelineConfig, path, overrides)
+    """Read a pipeline YAML: its paths against its own folder, then `--set` values against the working directory."""
+    from koemb.config import apply_overrides, validate_model
+
+    path = Path(path)
+    data = resolve_config_paths(read_yaml(path), path.resolve().parent)
+    data = resolve_config_paths(apply_overrides(data, overrides or []), Path.cwd())
+    return validate_model(PipelineConfig, data, str(path))
 
 
 # --------------------------------------------------------------------------- validate
@@ -155,6 +228,11 @@ def validate_pipeline(cfg: PipelineConfig, source: str = "config") -> list[str]:
         v = getattr(cfg, key)
         if v and not Path(v).is_dir():
             raise UserError(f"{source}: {key}: {v} is not a folder")
+    for key in ("base_model", "expanded_model"):
+        if getattr(cfg, key):
+            check_model_safe(
+                getattr(cfg, key), f"{source}: {key}", trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle, need_weights=False
+            )
     if cfg.tokenizer and cfg.tokenizer.expanded and not (Path(cfg.tokenizer.expanded) / "tokenizer.json").is_file():
         raise UserError(f"{source}: tokenizer.expanded: {cfg.tokenizer.expanded} has no tokenizer.json")
     if cfg.evaluation:
@@ -168,6 +246,33 @@ def validate_pipeline(cfg: PipelineConfig, source: str = "config") -> list[str]:
     return notes
 
 
+def check_model_safe(spec: str, field: str, *, trust_remote_code: bool, allow_pickle: bool, need_weights: bool = True) -> None:
+    """Before anything is loaded: refuse pickle weights and model code that the config did not allow.
+
+    `need_weights=False` (validate) accepts a folder with only config and tokenizer, but still refuses pickles.
+    """
+    from koemb.model.expand import PICKLE_SUFFIXES, check_weights_safe, transformer_dir
+
+    p = Path(spec)
+    if spec == BUILTIN_TINY or not p.is_dir():
+        return  # builtins are built here; a hub id's files are checked by transformers (safetensors, no remote code)
+    tdir = transformer_dir(p)
+    cfg_file = tdir / "config.json"
+    if not cfg_file.is_file():
+        raise UserError(f"{field}: {spec}: no config.json (expected a transformers or sentence-transformers model folder)")
+    if need_weights or any(p.suffix in PICKLE_SUFFIXES for p in tdir.iterdir()):
+        check_weights_safe(tdir, allow_pickle)
+    try:
+        auto_map = json.loads(cfg_file.read_text(encoding="utf-8")).get("auto_map")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"{cfg_file}: not valid JSON ({exc})") from None
+    if auto_map and not trust_remote_code:
+        raise UserError(
+            f"{field}: {spec}: the model needs its own Python code ({cfg_file.name} has auto_map: {sorted(auto_map)}); "
+            "trust_remote_code is off, so koemb does not run it. Set `trust_remote_code: true` in the config only if you trust that code"
+        )
+
+
 def _model_config(spec: str, notes: list[str]):
     from transformers import AutoConfig, Qwen3Config
 
@@ -176,7 +281,7 @@ def _model_config(spec: str, notes: list[str]):
 
         return Qwen3Config(vocab_size=151669, **TINY_QWEN3)
     try:
-        return AutoConfig.from_pretrained(spec)
+        return AutoConfig.from_pretrained(spec, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         if Path(spec).exists() or spec.startswith(("/", ".", "~")):
             raise UserError(f"base_model: {spec}: cannot read its config.json ({str(exc).splitlines()[0]})") from None
@@ -211,10 +316,12 @@ def _prepare_out(out: Path, cfg: PipelineConfig, resume: bool, overwrite: bool) 
         if read_yaml(saved) != cfg.model_dump(mode="json"):
             raise UserError(f"{saved}: the config differs from the one this run started with; resume with the same config (and --set values), or start over with --overwrite")
         return
-    if out.exists() and any(out.iterdir()):
+    existing = [p for p in out.iterdir() if p.name != LOCK_NAME] if out.is_dir() else []
+    if existing:
         if not overwrite:
             raise UserError(f"{out}: already exists and is not empty; pass --overwrite to replace it or --resume to continue it")
-        shutil.rmtree(out)
+        for p in existing:  # everything but our own lock
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     out.mkdir(parents=True, exist_ok=True)
     dump_yaml_model(cfg, out / "config.yaml")
 
@@ -276,6 +383,7 @@ def expand_step(cfg: PipelineConfig, out: Path, base: str) -> Path:
     return expand_model(
         base, tok_dir, expanded, init=cfg.init.method, noise_std=cfg.init.noise_std, seed=cfg.init.seed,
         preset=cfg.preset, max_seq_length=cfg.max_seq_length, overwrite=True,
+        trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle,
     )
 
 
@@ -313,15 +421,20 @@ def train_stages(
                 _base_folder(cfg, out)
             acc.wait_for_everyone()
             base = str(out / "base") if cfg.base_model == BUILTIN_TINY else cfg.base_model
+        check_model_safe(base, "base_model", trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
         tpreset = resolve_preset(base, cfg.preset)
-        tmodel = AutoModel.from_pretrained(base, dtype=torch.float32).to(acc.device).eval()
+        tmodel = AutoModel.from_pretrained(
+            base, dtype=torch.float32, trust_remote_code=cfg.trust_remote_code, use_safetensors=None if cfg.allow_pickle else True
+        ).to(acc.device).eval()
         tmodel.requires_grad_(False)
-        teacher = Teacher(tmodel, AutoTokenizer.from_pretrained(base), EncodeSpec.from_preset(tpreset), cfg.runtime.teacher_batch_size)
+        tbase_tok = AutoTokenizer.from_pretrained(base, trust_remote_code=cfg.trust_remote_code)
+        teacher = Teacher(tmodel, tbase_tok, EncodeSpec.from_preset(tpreset), cfg.runtime.teacher_batch_size)
         teacher.load(out / "cache" / "teacher.pt")
     rt = Runtime(
         checkpoint_dir=out / "checkpoints", log_dir=out / "logs", checkpoint_every=cfg.runtime.checkpoint_every,
         keep_checkpoints=cfg.runtime.keep_checkpoints, log_every=cfg.runtime.log_every,
         gradient_checkpointing=cfg.runtime.gradient_checkpointing, progress=cfg.runtime.progress,
+        skip_bad_batches=cfg.runtime.skip_bad_batches,
     )
     for i, stage in enumerate(cfg.stages):
         dest = out / "stages" / stage.name
@@ -333,8 +446,18 @@ def train_stages(
             continue
         preset = resolve_preset(current, cfg.preset)
         spec = EncodeSpec.from_preset(preset, stage.max_length)
-        net = AutoModel.from_pretrained(str(current), dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained(str(current))
+        check_model_safe(str(current), f"stage {stage.name}: input model", trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
+        net = AutoModel.from_pretrained(
+            str(current), dtype=torch.float32, trust_remote_code=cfg.trust_remote_code, use_safetensors=None if cfg.allow_pickle else True
+        )
+        tok = AutoTokenizer.from_pretrained(str(current), trust_remote_code=cfg.trust_remote_code)
+        rows = net.get_input_embeddings().weight.shape[0]
+        if len(tok) > rows:
+            # Fewer tokens than rows is normal (e5-small has 35 spare rows); more means ids that index past the matrix.
+            raise UserError(
+                f"{current}: the tokenizer has {len(tok)} tokens but the model has only {rows} embedding rows; "
+                "expected a tokenizer no larger than the embedding matrix (expand the model with `koemb model expand`)"
+            )
         trained = train_stage(
             net, tok, stage, stage_index=i, spec=spec, first_new_id=_first_new_id(current), runtime=rt,
             accelerator=acc, teacher=teacher, resume=resume,
@@ -350,6 +473,8 @@ def train_stages(
         acc.wait_for_everyone()
         current = dest
         del net, trained
+        if i + 1 < len(cfg.stages):
+            fault("between_stages")
     return current
 
 
@@ -368,6 +493,7 @@ def evaluate_step(cfg: PipelineConfig, out: Path, base: str) -> dict[str, Any] |
         return None
     from koemb.eval.run import evaluate
 
+    fault("during_eval")
     ev = cfg.evaluation
     suite = _load_suite(ev.suite, "evaluation.suite")
     baselines: list[str] = [base]
@@ -389,9 +515,26 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, *, resume: bool = False, 
     """expand -> init -> stages -> final -> evaluation; returns OUT. See the module docstring for the layout."""
     out = Path(out)
     acc = _accelerator(cfg.runtime)
-    if acc.is_main_process:
-        _prepare_out(out, cfg, resume, overwrite)
-    acc.wait_for_everyone()
+    # Safety first: nothing is read or written before pickles and model code are refused.
+    for key in ("base_model", "expanded_model"):
+        if getattr(cfg, key):
+            check_model_safe(getattr(cfg, key), key, trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
+    # Refuses while a live run holds OUT; a dead run's lock is taken over only with --resume/--overwrite.
+    lock = RunLock(out, takeover=resume or overwrite) if acc.is_main_process else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        if acc.is_main_process:
+            _prepare_out(out, cfg, resume, overwrite)
+        acc.wait_for_everyone()
+        _run(cfg, out, acc, resume)
+    finally:
+        if lock is not None:
+            lock.release()
+    return out
+
+
+def _run(cfg: PipelineConfig, out: Path, acc, resume: bool) -> None:
     base = _base_folder(cfg, out) if acc.is_main_process else (str(out / "base") if cfg.base_model == BUILTIN_TINY else cfg.base_model)
     if cfg.expanded_model is None and acc.is_main_process:
         expand_step(cfg, out, base)
@@ -401,4 +544,3 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, *, resume: bool = False, 
         _copy_folder(last, out / "final")
         evaluate_step(cfg, out, base)
     acc.wait_for_everyone()
-    return out

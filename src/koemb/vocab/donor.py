@@ -15,6 +15,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from koemb.errors import UserError
+from koemb.faults import fault
 from koemb.vocab.io import LoadedTokenizer, atomic_write_text
 
 DonorTrainer = Callable[[LoadedTokenizer, list[str], int], Tokenizer]
@@ -115,6 +116,7 @@ def train_donor(base: LoadedTokenizer, docs: list[str], vocab_size: int, out_dir
     if out_dir is not None:
         out = Path(out_dir)
         atomic_write_text(out / "tokenizer.json", tok.to_str(pretty=True))
+        fault("during_donor")  # reliability tests: a kill with the donor folder half written
         atomic_write_text(
             out / "donor.json",
             json.dumps({"like": base.spec, "model_type": model_type, "vocab_size": tok.get_vocab_size(), "documents": len(docs)}, indent=2),
