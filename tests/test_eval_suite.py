@@ -167,3 +167,10 @@ def test_evaluate_takes_a_loaded_encoder_and_leaves_it_unchanged(qwen_dir, tmp_p
     doc = evaluate(enc, suite, tmp_path, label="in-memory")
     assert doc["provenance"]["models"]["in-memory"]["preset"]["max_length"] == 16
     assert enc.preset.max_length == 8192 and "separation" in doc["results"]["in-memory"]["sep"]
+
+
+@pytest.mark.parametrize("name", ["korean.yaml", "korean_quick.yaml"])
+def test_shipped_korean_suites_load(name, ko_data):
+    suite = load_suite(Path(__file__).resolve().parents[1] / "configs" / "suites" / name)
+    assert [t.name for t in suite.tasks] == ["korsts-test", "korquad-dev", "ko-strategyqa-holdout", "separation"]
+    assert all(suite.resolve_path(t) is None or suite.resolve_path(t).exists() for t in suite.tasks)
