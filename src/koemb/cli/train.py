@@ -30,11 +30,14 @@ def run_cmd(
 ) -> None:
     """Everything: expand the tokenizer, expand + initialise the model, train every stage, evaluate, report."""
     from koemb.errors import UserError
-    from koemb.train.pipeline import load_pipeline, run_pipeline
+    from koemb.train.pipeline import load_pipeline, run_pipeline, validate_pipeline
 
     if resume and overwrite:
         raise UserError("--resume and --overwrite exclude each other")
     cfg = load_pipeline(config, set_)
+    # Everything checkable without running (files, suite, model, LoRA target names) fails here,
+    # before the output folder is touched, not hours later in the stage that needs it.
+    validate_pipeline(cfg, str(config))
     run_pipeline(cfg, out, resume=resume, overwrite=overwrite)
     report = out / "eval" / "report.md"
     if _main_process():

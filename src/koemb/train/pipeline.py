@@ -37,7 +37,7 @@ import difflib
 
 from pydantic import Field, field_validator, model_validator
 
-from koemb.config import StrictModel, dump_yaml_model, load_yaml_model, read_yaml
+from koemb.config import StrictModel, dump_yaml_model, read_yaml, validate_model
 from koemb.errors import UserError
 from koemb.faults import fault
 from koemb.train.lock import LOCK_NAME, RunLock
@@ -154,9 +154,15 @@ def _resolve(value: Any, base: Path, always: bool) -> Any:
     p = Path(value).expanduser()
     if p.is_absolute():
         return str(p)
+    here = base / p
+    if not here.exists() and base != Path.cwd() and (Path.cwd() / p).exists():
+        # Configs written before paths were config-relative name files from the working directory;
+        # keep them working (and say so) rather than break a run that is being resumed.
+        log.warning("%s: not found next to the config (%s); using %s in the working directory", value, here, Path.cwd() / p)
+        return os.path.normpath(Path.cwd() / p)
     # A model or donor may be a hub id (`Org/name`): only a path that says so, or exists, is local.
-    if always or value.startswith(".") or (base / p).exists():
-        return os.path.normpath(base / p)
+    if always or value.startswith(".") or here.exists():
+        return os.path.normpath(here)
     return value
 
 
@@ -190,7 +196,7 @@ def resolve_config_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
 
 def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
     """Read a pipeline YAML: its paths against its own folder, then `--set` values against the working directory."""
-    from koemb.config import apply_overrides, validate_model
+    from koemb.config import apply_overrides
 
     path = Path(path)
     data = resolve_config_paths(read_yaml(path), path.resolve().parent)
@@ -313,7 +319,9 @@ def _prepare_out(out: Path, cfg: PipelineConfig, resume: bool, overwrite: bool) 
         saved = out / "config.yaml"
         if not saved.is_file():
             raise UserError(f"{out}: nothing to resume (no config.yaml); run without --resume")
-        if read_yaml(saved) != cfg.model_dump(mode="json"):
+        # A config saved before paths were resolved holds them as written (working-directory relative).
+        # Compared as validated configs, so fields added to the schema since then take their defaults.
+        if validate_model(PipelineConfig, resolve_config_paths(read_yaml(saved), Path.cwd()), str(saved)) != cfg:
             raise UserError(f"{saved}: the config differs from the one this run started with; resume with the same config (and --set values), or start over with --overwrite")
         return
     existing = [p for p in out.iterdir() if p.name != LOCK_NAME] if out.is_dir() else []
