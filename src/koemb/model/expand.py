@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from koemb.errors import UserError
+from koemb.model.encoder import transformer_dir
 from koemb.faults import fault
 from koemb.model.init_methods import InitInputs, add_relative_noise, get_init
 
@@ -83,20 +84,6 @@ class ExpandReport:
 
 
 # --------------------------------------------------------------------------- loading
-
-
-def transformer_dir(folder: Path) -> Path:
-    """Where the transformers files of a folder are: its root, or the ST Transformer module's path."""
-    modules = folder / "modules.json"
-    if modules.is_file():
-        try:
-            entries = json.loads(modules.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{modules}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-        for m in entries:
-            if str(m.get("type", "")).endswith(".Transformer"):
-                return folder / m.get("path", "")
-    return folder
 
 
 def check_weights_safe(folder: Path, allow_pickle: bool) -> None:
