@@ -266,7 +266,13 @@ def check_model_safe(spec: str, field: str, *, trust_remote_code: bool, allow_pi
     cfg_file = tdir / "config.json"
     if not cfg_file.is_file():
         raise UserError(f"{field}: {spec}: no config.json (expected a transformers or sentence-transformers model folder)")
-    if need_weights or any(p.suffix in PICKLE_SUFFIXES for p in tdir.iterdir()):
+    pickles = sorted(q.name for q in tdir.iterdir() if q.suffix in PICKLE_SUFFIXES)
+    if pickles and not allow_pickle and not any(tdir.glob("*.safetensors")):
+        raise UserError(
+            f"{field}: {tdir}: weights only as pickle ({', '.join(pickles)}); koemb loads safetensors only, because a pickle "
+            "can run code when loaded. Convert the weights to safetensors, or set `allow_pickle: true` in the config if you trust them"
+        )
+    if need_weights:
         check_weights_safe(tdir, allow_pickle)
     try:
         auto_map = json.loads(cfg_file.read_text(encoding="utf-8")).get("auto_map")
