@@ -184,3 +184,20 @@ def test_hub_rows_map_through_columns(tmp_path):
         list(hub_items(HubSource(name="t", repo="o/d", files=["x"], kind="text"), rows))
     with pytest.raises(UserError, match=r"unknown field\(s\) \['body'\]"):
         list(hub_items(HubSource(name="t", repo="o/d", files=["x"], kind="text", columns={"body": "a"}), rows))
+
+
+def test_hub_rows_filtered_by_min_values(tmp_path):
+    """The seed's K2-Feedback stage keeps only responses scored >= 5."""
+    from koemb.data.build_train import _read_table, hub_items
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"instruction": "a", "response": "r1", "score": 5}\n{"instruction": "b", "response": "r2", "score": 3}\n'
+                    '{"instruction": "c", "response": "r3", "score": "5.0"}\n', encoding="utf-8")
+    rows = _read_table(path, "test")
+    src = HubSource(name="k2", repo="o/d", files=["rows.jsonl"], kind="pairs",
+                    columns={"query": "instruction", "positive": "response"}, min_values={"score": 5})
+    assert [p.query for p in hub_items(src, rows)] == ["a", "c"]
+    bad = HubSource(name="k2", repo="o/d", files=["x"], kind="pairs", columns={"query": "instruction", "positive": "response"},
+                    min_values={"rating": 5})
+    with pytest.raises(UserError, match="min_values: row 0 has no column 'rating'"):
+        list(hub_items(bad, rows))

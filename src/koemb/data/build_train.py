@@ -74,8 +74,10 @@ class HubSource(StrictModel):
     revision: str | None = None
     columns: dict[str, str] = Field(default_factory=dict)
     """Our field -> their column, e.g. `{query: question, positive: answer}` or `{text: content}`."""
+    min_values: dict[str, float] = Field(default_factory=dict)
+    """Keep only rows whose numeric column is at least this, e.g. `{score: 5}` (K2-Feedback's best responses)."""
     limit: int | None = None
-    """Keep at most this many rows (in file order)."""
+    """Keep at most this many rows (in file order, after `min_values`)."""
 
 
 class BuildTrainConfig(StrictModel):
@@ -444,12 +446,23 @@ def read_hub_source(src: HubSource) -> Iterator[Pair] | Iterator[str]:
     return hub_items(src, rows, where)
 
 
+def _number(row: dict[str, Any], col: str, i: int, where: str) -> float:
+    try:
+        return float(row[col])
+    except KeyError:
+        raise UserError(f"{where}: min_values: row {i} has no column {col!r} (row has {sorted(row)})") from None
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: min_values: row {i} column {col!r} is {row[col]!r}, expected a number") from None
+
+
 def hub_items(src: HubSource, rows: list[dict[str, Any]], where: str = "") -> Iterator[Pair] | Iterator[str]:
     """Rows of a hub data set -> pairs or texts, through `src.columns` (our field -> their column).
 
     Pairs take `query`, `positive`, optional `negative` (a list: its first string) and optional `group`.
     """
     where = where or f"hub source {src.name!r} ({src.repo})"
+    if src.min_values:
+        rows = [r for i, r in enumerate(rows) if all(_number(r, col, i, where) >= lo for col, lo in src.min_values.items())]
     if src.limit is not None:
         rows = rows[: src.limit]
     wanted = ("query", "positive", "negative", "group") if src.kind == "pairs" else ("text",)
