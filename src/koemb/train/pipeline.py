@@ -375,6 +375,9 @@ def expand_step(cfg: PipelineConfig, out: Path, base: str) -> Path:
     assert tc is not None
     if tc.expanded:
         tok_dir = Path(tc.expanded)
+    elif (out / "tokenizer" / "expansion.json").is_file():
+        # expansion.json is written last: the tokenizer folder is complete (a resumed run skips it).
+        tok_dir = out / "tokenizer"
     else:
         tok_dir = out / "tokenizer"
         docs: list[str] = []
@@ -391,7 +394,8 @@ def expand_step(cfg: PipelineConfig, out: Path, base: str) -> Path:
             from koemb.vocab.donor import train_donor
 
             donor_dir = out / "donor"
-            train_donor(base_tok, docs, tc.train_donor_vocab_size, donor_dir)
+            if not (donor_dir / "donor.json").is_file():  # written after tokenizer.json: present = complete
+                train_donor(base_tok, docs, tc.train_donor_vocab_size, donor_dir)
             donor = str(donor_dir / "tokenizer.json")
         expand_tokenizer(base_tok, tok_dir, donor, docs, tc.settings, overwrite=True)
     return expand_model(
