@@ -64,7 +64,9 @@ def parse(spec: str | None) -> dict[str, int | None]:
         name, _, arg = item.partition(":")
         if name not in ACTIONS and name not in LOSS_FAULTS:
             known = ", ".join(sorted([*ACTIONS, *LOSS_FAULTS]))
-            raise ValueError(f"{ENV}={spec!r}: unknown fault point {name!r}; known: {known}")
+            from koemb.errors import UserError
+
+            raise UserError(f"{ENV}={spec!r}: unknown fault point {name!r}; known: {known}")
         out[name] = int(arg) if arg else None
     return out
 
