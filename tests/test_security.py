@@ -127,3 +127,7 @@ def test_paths_resolve_against_the_config_folder(tmp_path, monkeypatch, capsys):
     over = load_pipeline(proj / "c.yaml", ["stages.0.data.0.path=more.jsonl"])
     assert over.stages[0].data[0].path == str(elsewhere / "more.jsonl")
     assert main(["validate", "--config", str(Path("..") / "proj" / "c.yaml")]) == 0, capsys.readouterr().err
+    # An inline suite's files too.
+    cfg["evaluation"]["suite"] = {"tasks": [{"name": "s", "type": "sts", "path": "data/sts.jsonl"}]}
+    (proj / "c.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    assert load_pipeline(proj / "c.yaml").evaluation.suite["tasks"][0]["path"] == str(proj / "data" / "sts.jsonl")

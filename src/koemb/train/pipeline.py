@@ -187,6 +187,9 @@ def resolve_config_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     ev = data.get("evaluation")
     if isinstance(ev, dict) and isinstance(ev.get("suite"), str):
         at(ev, "suite", True)
+    elif isinstance(ev, dict) and isinstance(ev.get("suite"), dict):  # an inline suite's task files
+        for t in entries(ev["suite"].get("tasks")):
+            at(t, "path", True)
     for st in entries(data.get("stages")):
         if isinstance(st, dict):
             for e in entries(st.get("data")):
