@@ -224,5 +224,19 @@ def test_damaged_checkpoints_are_skipped_for_the_previous_good_one(tmp_path, cap
     (ck / "s00-s-step0000006" / "manifest.json").unlink()  # cut before the manifest
     with (ck / "s00-s-step0000004" / "state.json").open("a") as fh:  # a byte appended
         fh.write(" ")
+    # An old-style pickle checkpoint with a newer step is never a candidate, so never unpickled.
+    import pickle
+
+    marker = tmp_path / "PICKLE_WAS_LOADED"
+    (ck / "s00-s-step0000009.pt").write_bytes(pickle.dumps(_Payload(marker)))
     assert latest_for_stage(ck, 0, "s").name == "s00-s-step0000002"
     assert "no manifest.json" in caplog.text and "bytes, the manifest says" in caplog.text
+    assert not marker.exists()
+
+
+class _Payload:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))

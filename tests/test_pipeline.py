@@ -55,8 +55,9 @@ def test_run_writes_the_layout_keeps_old_rows_and_resumes(tmp_path):
               "stages/lora/model.safetensors", "final/model.safetensors", "eval/results.json", "eval/report.md", "logs/train.jsonl"):
         assert (out / p).is_file(), p
     assert list((out / "logs" / "tensorboard").glob("events.out.tfevents.*"))
-    cached = torch.load(out / "cache" / "teacher.pt", weights_only=True)
-    assert len(cached["texts"]) == cached["embeddings"].shape[0] > 0
+    cached = load_file(str(out / "cache" / "teacher.safetensors"))["embeddings"]
+    texts = json.loads((out / "cache" / "teacher.texts.json").read_text(encoding="utf-8"))
+    assert len(texts) == cached.shape[0] > 0
     assert load_pipeline(out / "config.yaml") == cfg  # the resolved config is the same schema, same values
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert ckpts == ["s00-rows-step0000002", "s01-lora-step0000002"]

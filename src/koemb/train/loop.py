@@ -11,6 +11,7 @@ Built on accelerate: the same code runs on the CPU, one GPU (bf16 autocast) or s
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import time
@@ -58,20 +59,42 @@ class Teacher:
     cache: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def load(self, path: Path) -> None:
-        """Add the embeddings saved by `save` (a resumed run does not re-embed what it had)."""
-        if path.is_file():
-            data = torch.load(path, map_location="cpu", weights_only=True)
-            self.cache.update(zip(data["texts"], data["embeddings"]))
+        """Add the embeddings saved by `save` (a resumed run does not re-embed what it had).
+
+        A cache that does not match its texts file (a crash between the two writes) is ignored:
+        it is only a cache, the teacher recomputes what is missing.
+        """
+        from safetensors import safe_open
+
+        texts_file = path.with_suffix(".texts.json")
+        if not (path.is_file() and texts_file.is_file()):
+            return
+        raw = texts_file.read_bytes()
+        with safe_open(str(path), framework="pt") as fh:
+            if (fh.metadata() or {}).get("texts_sha256") != hashlib.sha256(raw).hexdigest():
+                log.warning("%s: does not match %s; teacher cache ignored", path, texts_file.name)
+                return
+            emb = fh.get_tensor("embeddings")
+        self.cache.update(zip(json.loads(raw), emb))
 
     def save(self, path: Path) -> None:
+        """`path` (safetensors: the embeddings) + `path.texts.json` (their texts): no pickle, each file atomic."""
         import os
+
+        from safetensors.torch import save_file
 
         path.parent.mkdir(parents=True, exist_ok=True)
         texts = list(self.cache)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        raw = json.dumps(texts, ensure_ascii=False).encode("utf-8")
         emb = torch.stack([self.cache[t] for t in texts]) if texts else torch.empty(0)
-        torch.save({"texts": texts, "embeddings": emb}, tmp)
-        os.replace(tmp, path)
+        texts_file = path.with_suffix(".texts.json")
+        for target, write in (
+            (texts_file, lambda tmp: tmp.write_bytes(raw)),
+            (path, lambda tmp: save_file({"embeddings": emb.contiguous()}, str(tmp), metadata={"texts_sha256": hashlib.sha256(raw).hexdigest()})),
+        ):
+            tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+            write(tmp)
+            os.replace(tmp, target)
 
     @torch.no_grad()
     def embed(self, texts: list[str], device: torch.device) -> torch.Tensor:

@@ -11,7 +11,8 @@ CLI only parses flags. Output layout under OUT:
     final/               the last stage's model
     eval/                what `koemb evaluate` writes: results.json (base, expanded, every stage), report.md, charts
     checkpoints/         training checkpoints (model folders never hold any)
-    cache/teacher.pt     the distillation teacher's embeddings by text (the base model never changes)
+    cache/teacher.*      the distillation teacher's embeddings by text (the base model never changes):
+                         teacher.safetensors + teacher.texts.json
     logs/                train.jsonl and TensorBoard events
 
 Every folder is written whole or not at all (temporary name, then rename), so `--resume` trusts a
@@ -450,7 +451,7 @@ def train_stages(
         tmodel.requires_grad_(False)
         tbase_tok = AutoTokenizer.from_pretrained(base, trust_remote_code=cfg.trust_remote_code)
         teacher = Teacher(tmodel, tbase_tok, EncodeSpec.from_preset(tpreset), cfg.runtime.teacher_batch_size)
-        teacher.load(out / "cache" / "teacher.pt")
+        teacher.load(out / "cache" / "teacher.safetensors")
     rt = Runtime(
         checkpoint_dir=out / "checkpoints", log_dir=out / "logs", checkpoint_every=cfg.runtime.checkpoint_every,
         keep_checkpoints=cfg.runtime.keep_checkpoints, log_every=cfg.runtime.log_every,
@@ -485,7 +486,7 @@ def train_stages(
         )
         if acc.is_main_process:
             if teacher is not None:
-                teacher.save(out / "cache" / "teacher.pt")
+                teacher.save(out / "cache" / "teacher.safetensors")
             save_sentence_transformer(
                 trained, tok, dest, preset, expansion=current / "expansion.json" if (current / "expansion.json").is_file() else None,
                 recipe={"stage": i + 1, "of": len(cfg.stages), "from": str(current), **stage.model_dump(mode="json")},
