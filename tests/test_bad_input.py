@@ -8,8 +8,6 @@ models, training data and evaluation inputs. README "Reliability" counts both fi
 from __future__ import annotations
 
 import hashlib
-import json
-import pickle
 from pathlib import Path
 
 import pytest
@@ -217,17 +215,19 @@ def suite(tmp_path: Path, task: dict) -> Path:
 def test_beir_folder_without_qrels(refused, tmp_path, tiny_model):
     b = beir(tmp_path / "beir", None)
     refused(["evaluate", "--model", tiny_model, "--suite", suite(tmp_path, {"name": "r", "type": "retrieval", "path": str(b)}),
-             "--out", tmp_path / "ev", "--no-cache"], f"{b / 'qrels' / 'test.tsv'}: not found")
+             "--out", tmp_path / "ev", "--no-cache"], f"{b / 'qrels' / 'test.tsv'}: not found", untouched=tmp_path / "ev")
 
 
 def test_beir_qrels_pointing_nowhere(refused, tmp_path, tiny_model):
     b = beir(tmp_path / "beir", "query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td9\t1\n")
     refused(["evaluate", "--model", tiny_model, "--suite", suite(tmp_path, {"name": "r", "type": "retrieval", "path": str(b)}),
-             "--out", tmp_path / "ev", "--no-cache"], f"{b / 'qrels' / 'test.tsv'}:3: corpus-id 'd9' is not in corpus.jsonl")
+             "--out", tmp_path / "ev", "--no-cache"], f"{b / 'qrels' / 'test.tsv'}:3: corpus-id 'd9' is not in corpus.jsonl",
+            untouched=tmp_path / "ev")
 
 
 def test_sts_file_without_score_column(refused, tmp_path, tiny_model):
     sts = tmp_path / "sts.jsonl"
     sts.write_text('{"sentence1": "가", "sentence2": "나", "label": 3}\n', encoding="utf-8")
     refused(["evaluate", "--model", tiny_model, "--suite", suite(tmp_path, {"name": "s", "type": "sts", "path": str(sts)}),
-             "--out", tmp_path / "ev", "--no-cache"], f"{sts}:1: missing ['score']", "expected columns ['sentence1', 'sentence2', 'score']")
+             "--out", tmp_path / "ev", "--no-cache"], f"{sts}:1: missing ['score']", "expected columns ['sentence1', 'sentence2', 'score']",
+             untouched=tmp_path / "ev")

@@ -161,8 +161,7 @@ def evaluate(
         raise UserError(f"{len(baseline_labels or [])} baseline labels for {len(baselines)} baselines")
     b_labels = list(baseline_labels or []) + [None] * (len(baselines) - len(baseline_labels or []))
     entries = _labels([*[(b, lab, "baseline") for b, lab in zip(baselines, b_labels, strict=True)], *([(model, label, "model")] if model is not None else [])])
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out)  # created only once there is something to write: a bad input leaves nothing behind
 
     overrides = dict(preset_overrides or {})
     if suite_obj.max_length is not None:
@@ -218,6 +217,7 @@ def evaluate(
             "models": models_prov,
         },
     }
+    out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(doc, ensure_ascii=False, indent=2, allow_nan=True), encoding="utf-8")
     b = [e.label for e in entries if e.role == "baseline"]
     m = [e.label for e in entries if e.role == "model"]

@@ -25,27 +25,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from koemb.errors import UserError
+from koemb.model.files import check_weights_safe, transformer_dir
 from koemb.model.pooling import pool
 from koemb.model.presets import Preset, resolve_preset
 
 log = logging.getLogger(__name__)
-
-
-def transformer_dir(model: str | Path) -> str | Path:
-    """Where the transformers weights live: the folder itself, or a sentence-transformers
-    Transformer module's sub-folder (older ST layouts use `0_Transformer/`)."""
-    folder = Path(model)
-    modules_path = folder / "modules.json"
-    if not modules_path.is_file():
-        return model
-    try:
-        modules = json.loads(modules_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{modules_path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    for m in modules:
-        if str(m.get("type", "")).endswith(".Transformer"):
-            return folder / m.get("path", "") if m.get("path") else folder
-    return folder
 
 
 # BERT-like encoders whose AutoModel adds a pooler head; koemb pools with the preset instead.
@@ -175,6 +159,9 @@ class Encoder:
         dev = torch.device(device) if device is not None else default_device()
         dt = dtype or default_dtype(dev)
         wdir = transformer_dir(model)
+        if Path(wdir).is_dir():
+            # Only safetensors are ever read (use_safetensors=True); this names the reason first.
+            check_weights_safe(Path(wdir), allow_pickle=False)
         try:
             tok = AutoTokenizer.from_pretrained(str(wdir), trust_remote_code=False)
             extra = {}

@@ -35,13 +35,12 @@ from typing import Any
 import torch
 
 from koemb.errors import UserError
-from koemb.model.encoder import transformer_dir
+from koemb.model.files import PICKLE_SUFFIXES, check_weights_safe, transformer_dir  # noqa: F401 (re-exported)
 from koemb.faults import fault
 from koemb.model.init_methods import InitInputs, add_relative_noise, get_init
 
 log = logging.getLogger(__name__)
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
 @dataclass(frozen=True)
@@ -84,20 +83,6 @@ class ExpandReport:
 
 
 # --------------------------------------------------------------------------- loading
-
-
-def check_weights_safe(folder: Path, allow_pickle: bool) -> None:
-    """Refuse pickle weights (they can run code when loaded) unless explicitly allowed."""
-    if any(folder.glob("*.safetensors")):
-        return
-    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
-    if pickles and not allow_pickle:
-        raise UserError(
-            f"{folder}: weights only as pickle ({', '.join(pickles)}); koemb loads safetensors only, because a pickle "
-            "can run code when loaded. Convert the checkpoint to safetensors, or pass --allow-pickle if you trust it"
-        )
-    if not pickles:
-        raise UserError(f"{folder}: no model weights found (expected model.safetensors)")
 
 
 def load_base_model(spec: str | os.PathLike, *, trust_remote_code: bool = False, allow_pickle: bool = False) -> tuple[Any, str]:

@@ -261,7 +261,7 @@ def check_model_safe(spec: str, field: str, *, trust_remote_code: bool, allow_pi
 
     `need_weights=False` (validate) accepts a folder with only config and tokenizer, but still refuses pickles.
     """
-    from koemb.model.expand import PICKLE_SUFFIXES, check_weights_safe, transformer_dir
+    from koemb.model.files import PICKLE_SUFFIXES, check_weights_safe, transformer_dir
 
     p = Path(spec)
     if spec == BUILTIN_TINY or not p.is_dir():
