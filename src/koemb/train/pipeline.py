@@ -156,11 +156,6 @@ def _resolve(value: Any, base: Path, always: bool) -> Any:
     if p.is_absolute():
         return str(p)
     here = base / p
-    if not here.exists() and base != Path.cwd() and (Path.cwd() / p).exists():
-        # Configs written before paths were config-relative name files from the working directory;
-        # keep them working (and say so) rather than break a run that is being resumed.
-        log.warning("%s: not found next to the config (%s); using %s in the working directory", value, here, Path.cwd() / p)
-        return os.path.normpath(Path.cwd() / p)
     # A model or donor may be a hub id (`Org/name`): only a path that says so, or exists, is local.
     if always or value.startswith(".") or here.exists():
         return os.path.normpath(here)
