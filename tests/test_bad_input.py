@@ -184,7 +184,7 @@ def test_malformed_training_jsonl_names_file_and_line(refused, tmp_path, tiny_mo
     data = tmp_path / "pairs.jsonl"
     data.write_text('{"query": "가", "positive": "나"}\n{"query": "다", "positive": "라"}\n{"query": "x"\n', encoding="utf-8")
     cfg = tiny_cfg(stages=[{**tiny_cfg()["stages"][1], "train": "full", "data": [{"path": str(data)}]}])
-    refused(["train", "--config", write_cfg(tmp_path, cfg), "--out", tmp_path / "o", "--model", tiny_model], f"{data}:3: not valid JSON")
+    refused(["train", "--config", write_cfg(tmp_path, cfg), "--out", tmp_path / "o", "--model", tiny_model], f"{data}:3: malformed JSON line")
 
 
 def test_donor_with_no_new_tokens(refused, tmp_path, tiny_model):

@@ -52,6 +52,7 @@ from pydantic import Field
 
 from koemb.config import StrictModel
 from koemb.data.pairs import Pair, write_pairs, write_texts
+from koemb.data.jsonl import iter_jsonl
 from koemb.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -350,19 +351,12 @@ def _stsb_ko_en(ctx: Context) -> Iterator[Pair]:
 def _petitions_title(ctx: Context) -> Iterator[Pair]:
     for path in sorted((ctx.root / "petitions").glob("petitions_*")):
         ctx.read.append(str(path.relative_to(ctx.root)))
-        with path.open(encoding="utf-8") as fh:
-            for line_no, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise UserError(f"{path}:{line_no}: malformed JSON line ({exc.msg})") from None
-                title, body = (obj.get("title") or "").strip(), (obj.get("content") or "").strip()
-                if len(title) < 4 or len(body) < 20:
-                    ctx.drop("too_short")
-                    continue
-                yield Pair(title, body, source="petitions_title")
+        for _, obj in iter_jsonl(path):
+            title, body = (obj.get("title") or "").strip(), (obj.get("content") or "").strip()
+            if len(title) < 4 or len(body) < 20:
+                ctx.drop("too_short")
+                continue
+            yield Pair(title, body, source="petitions_title")
 
 
 # --------------------------------------------------------------------------- evaluation texts

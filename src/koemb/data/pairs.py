@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from koemb.data.jsonl import iter_jsonl
 from koemb.errors import UserError
 
 PAIR_FIELDS = ("query", "positive", "negative", "group", "source")
@@ -70,28 +71,17 @@ def write_texts(path: str | Path, texts: Iterable[str]) -> int:
 def iter_pairs(path: str | Path) -> Iterator[Pair]:
     """Yield the pairs of a JSONL file; a bad line is a UserError naming file, line and field."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: pairs file not found")
-    with path.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}:{line_no}: malformed JSON line ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(obj, dict):
-                raise UserError(f"{path}:{line_no}: expected a JSON object with 'query' and 'positive'")
-            unknown = sorted(set(obj) - set(PAIR_FIELDS))
-            if unknown:
-                raise UserError(f"{path}:{line_no}: unknown field(s) {unknown}; pairs have {', '.join(PAIR_FIELDS)}")
-            for key in PAIR_FIELDS:
-                value = obj.get(key)
-                if key in REQUIRED and (not isinstance(value, str) or not value.strip()):
-                    raise UserError(f"{path}:{line_no}: field '{key}' must be a non-empty string (got {value!r})")
-                if value is not None and not isinstance(value, str):
-                    raise UserError(f"{path}:{line_no}: field '{key}' must be a string (got {type(value).__name__})")
-            yield Pair(**obj)
+    for line_no, obj in iter_jsonl(path, f"{path}: pairs file not found"):
+        unknown = sorted(set(obj) - set(PAIR_FIELDS))
+        if unknown:
+            raise UserError(f"{path}:{line_no}: unknown field(s) {unknown}; pairs have {', '.join(PAIR_FIELDS)}")
+        for key in PAIR_FIELDS:
+            value = obj.get(key)
+            if key in REQUIRED and (not isinstance(value, str) or not value.strip()):
+                raise UserError(f"{path}:{line_no}: field '{key}' must be a non-empty string (got {value!r})")
+            if value is not None and not isinstance(value, str):
+                raise UserError(f"{path}:{line_no}: field '{key}' must be a string (got {type(value).__name__})")
+        yield Pair(**obj)
 
 
 def read_pairs(path: str | Path) -> list[Pair]:

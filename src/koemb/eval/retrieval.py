@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import logging
 from pathlib import Path
 
@@ -22,27 +21,20 @@ from koemb.data.eval_sets import RetrievalData
 from koemb.errors import UserError
 from koemb.eval.metrics import retrieval_metrics
 from koemb.model.encoder import Encoder
+from koemb.data.jsonl import iter_jsonl
 from koemb.resources import cache_dir
 
 log = logging.getLogger(__name__)
 
 
 def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
-    if not path.is_file():
-        raise UserError(f"{path}: not found (a BEIR folder needs corpus.jsonl, queries.jsonl and qrels/<split>.tsv)")
+    missing_file = f"{path}: not found (a BEIR folder needs corpus.jsonl, queries.jsonl and qrels/<split>.tsv)"
     rows = []
-    with path.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from None
-            missing = [k for k in required if k not in row]
-            if missing:
-                raise UserError(f"{path}:{line_no}: missing field(s) {missing}; expected {list(required)}")
-            rows.append(row)
+    for line_no, row in iter_jsonl(path, missing_file):
+        missing = [k for k in required if k not in row]
+        if missing:
+            raise UserError(f"{path}:{line_no}: missing field(s) {missing}; expected {list(required)}")
+        rows.append(row)
     return rows
 
 

@@ -8,10 +8,10 @@ pairs, binary labels): reports show both.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from koemb.data.jsonl import iter_jsonl
 from koemb.errors import UserError
 from koemb.eval.metrics import separation_metrics
 from koemb.eval.sts import pair_cosines
@@ -33,23 +33,14 @@ class SeparationPair:
 def read_separation(path: str | Path | None = None) -> list[SeparationPair]:
     """A JSON-lines file of `{domain, sentence1, sentence2, label: similar|different}`; default built-in."""
     path = Path(path) if path is not None else BUILTIN_SEPARATION
-    if not path.is_file():
-        raise UserError(f"{path}: separation file not found")
     out = []
-    with path.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                label = LABELS[row["label"]]
-                out.append(SeparationPair(str(row["domain"]), str(row["sentence1"]), str(row["sentence2"]), label))
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from None
-            except KeyError:
-                raise UserError(
-                    f"{path}:{line_no}: expected keys domain, sentence1, sentence2 and label (one of {', '.join(LABELS)})"
-                ) from None
+    for line_no, row in iter_jsonl(path, f"{path}: separation file not found"):
+        try:
+            out.append(SeparationPair(str(row["domain"]), str(row["sentence1"]), str(row["sentence2"]), LABELS[row["label"]]))
+        except KeyError:
+            raise UserError(
+                f"{path}:{line_no}: expected keys domain, sentence1, sentence2 and label (one of {', '.join(LABELS)})"
+            ) from None
     if not any(p.similar for p in out) or all(p.similar for p in out):
         raise UserError(f"{path}: needs both similar and different pairs")
     return out

@@ -11,12 +11,12 @@ examples, so a resumed run only needs the number of micro-batches already consum
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from koemb.data.corpus import iter_documents
+from koemb.data.jsonl import iter_jsonl
 from koemb.errors import UserError
 
 
@@ -92,20 +92,13 @@ def read_examples(path: str | Path, limit: int | None = None) -> list[Example]:
             if limit and len(out) >= limit:
                 break
     elif name.endswith(".jsonl"):
-        with p.open(encoding="utf-8") as fh:
-            for i, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise UserError(f"{p}:{i}: not valid JSON ({exc.msg})") from None
-                ex = _example_from_json(obj, f"{p}:{i}")
-                if ex.text is not None and not ex.text.strip():
-                    continue
-                out.append(ex)
-                if limit and len(out) >= limit:
-                    break
+        for i, obj in iter_jsonl(p):
+            ex = _example_from_json(obj, f"{p}:{i}")
+            if ex.text is not None and not ex.text.strip():
+                continue
+            out.append(ex)
+            if limit and len(out) >= limit:
+                break
     else:
         raise UserError(f"{p}: unsupported training file; expected .txt, .txt.gz or .jsonl")
     if not out:
