@@ -35,3 +35,15 @@ def ko_data() -> Path:
 def _koemb_cache(tmp_path_factory):
     # Never write caches into ../shared or the user's home during tests.
     os.environ["KOEMB_CACHE"] = str(tmp_path_factory.mktemp("koemb-cache"))
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine an OpenMP
+    barrier waiting for a busy core makes each op ~50x slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

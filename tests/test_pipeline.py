@@ -18,13 +18,7 @@ from koemb.train.pipeline import PipelineConfig, load_pipeline, run_pipeline, va
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from intra-op threads; on a shared 2-core machine they are much slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small_config() -> dict:

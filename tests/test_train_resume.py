@@ -9,14 +9,7 @@ from test_train import run_stage, stage, tiny_expanded, write_data
 from koemb.train.checkpoint import list_checkpoints, load_checkpoint
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from intra-op threads, and on a shared 2-core machine an OpenMP
-    # barrier waiting for a busy core makes each op ~50x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_resume_reaches_the_same_final_weights(tmp_path, qwen_dir):
