@@ -37,7 +37,6 @@ dependency) when the machine is online; offline they are a clear error.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import os
@@ -54,6 +53,7 @@ from koemb.config import StrictModel
 from koemb.data.pairs import Pair, write_pairs, write_texts
 from koemb.data.jsonl import iter_jsonl
 from koemb.errors import UserError
+from koemb.files import sha256_file
 
 log = logging.getLogger(__name__)
 csv.field_size_limit(sys.maxsize)
@@ -482,14 +482,6 @@ def hub_items(src: HubSource, rows: list[dict[str, Any]], where: str = "") -> It
 # --------------------------------------------------------------------------- the command
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # Data folder of each `koemb.data.ko_sources` reader, for copying its licence files.
 TEXT_SOURCE_FOLDERS = {
     "petitions": "petitions", "nsmc": "nsmc_raw_sample", "book_reviews": "boddari", "fairytales": "boddari",
@@ -632,7 +624,7 @@ def build_train(
     for section in ("pairs", "unlabeled"):
         for entry in manifest[section].values():
             path = out / entry["file"]
-            manifest["files"][entry["file"]] = {"rows": entry["rows"], "bytes": path.stat().st_size, "sha256": _sha256(path)}
+            manifest["files"][entry["file"]] = {"rows": entry["rows"], "bytes": path.stat().st_size, "sha256": sha256_file(path)}
     manifest["totals"] = {
         "pairs": sum(e["rows"] for e in manifest["pairs"].values()),
         "unlabeled_texts": sum(e["rows"] for e in manifest["unlabeled"].values()),

@@ -17,7 +17,6 @@ warning, for the newest older one that checks out.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from koemb.errors import UserError
+from koemb.files import sha256_file
 from koemb.faults import fault
 
 log = logging.getLogger(__name__)
@@ -111,14 +111,6 @@ def _join(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
 # ----------------------------------------------------------------------------- files
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -185,7 +177,7 @@ def save_checkpoint(folder: Path, stage_index: int, stage_name: str, step: int, 
         fault("during_checkpoint_write")
         fault("enospc_checkpoint")
         _write_json(tmp / STATE, meta)
-        files = {n: {"size": (tmp / n).stat().st_size, "sha256": _sha256(tmp / n)} for n in (TENSORS, STATE)}
+        files = {n: {"size": (tmp / n).stat().st_size, "sha256": sha256_file(tmp / n)} for n in (TENSORS, STATE)}
         _write_json(tmp / MANIFEST, {"format": "koemb-checkpoint/1", "stage": stage_name, "step": step, "files": files})
         _fsync_dir(tmp)
         if final.exists():  # the same step written again (a resumed stage end): replace it whole
@@ -232,7 +224,7 @@ def verify_checkpoint(path: Path) -> None:
             raise CorruptCheckpoint(f"{p}: missing")
         if p.stat().st_size != want["size"]:
             raise CorruptCheckpoint(f"{p}: {p.stat().st_size} bytes, the manifest says {want['size']}")
-        if _sha256(p) != want["sha256"]:
+        if sha256_file(p) != want["sha256"]:
             raise CorruptCheckpoint(f"{p}: sha256 differs from the manifest")
 
 

@@ -15,8 +15,9 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from koemb.errors import UserError
+from koemb.files import atomic_write_text
 from koemb.faults import fault
-from koemb.vocab.io import LoadedTokenizer, atomic_write_text
+from koemb.vocab.io import LoadedTokenizer
 
 DonorTrainer = Callable[[LoadedTokenizer, list[str], int], Tokenizer]
 DONOR_TRAINERS: dict[str, DonorTrainer] = {}

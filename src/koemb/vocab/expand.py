@@ -32,10 +32,11 @@ from pydantic import Field
 from koemb import __version__
 from koemb.config import StrictModel
 from koemb.errors import UserError
+from koemb.files import atomic_write_text
 from koemb.vocab.bpe_extend import donor_substrings, extend_bpe, hangul_word_counts
 from koemb.vocab.canonical import bl_to_bytes, family_of, raw_form
 from koemb.vocab.diff import DiffFilters, DiffResult, vocab_diff
-from koemb.vocab.io import LoadedTokenizer, atomic_write_text, load_tokenizer, save_tokenizer, with_specials_in_vocab
+from koemb.vocab.io import LoadedTokenizer, load_tokenizer, save_tokenizer, with_specials_in_vocab
 
 MethodName = Literal["auto", "bpe-continue", "bpe-donor", "added-tokens", "unigram", "wordpiece"]
 

@@ -13,6 +13,7 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from koemb.errors import UserError
+from koemb.files import atomic_write_text
 
 
 @dataclass
@@ -83,22 +84,6 @@ def with_specials_in_vocab(tok_json: dict) -> dict:
         for a in tok_json.get("added_tokens", []):
             vocab.setdefault(a["content"], a["id"])
     return tok_json
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder, fsync, rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_tokenizer(base: LoadedTokenizer, tok_json: dict, out_dir: Path) -> Any:
