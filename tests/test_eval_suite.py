@@ -174,3 +174,23 @@ def test_shipped_korean_suites_load(name, ko_data):
     suite = load_suite(Path(__file__).resolve().parents[1] / "configs" / "suites" / name)
     assert [t.name for t in suite.tasks] == ["korsts-test", "korquad-dev", "ko-strategyqa-holdout", "separation"]
     assert all(suite.resolve_path(t) is None or suite.resolve_path(t).exists() for t in suite.tasks)
+
+
+def test_training_log_reader_keeps_the_last_record_of_a_resumed_step_and_skips_torn_lines(tmp_path):
+    from koemb.eval.report import read_training_log, write_training_chart
+
+    log = tmp_path / "train.jsonl"
+    log.write_text(
+        '{"stage": "a", "step": 1, "loss": 2.0, "loss_distill": 2.0}\n'
+        '{"stage": "a", "step": 2, "loss": 9.0, "loss_distill": 9.0}\n'
+        '{"stage": "a", "step": 2, "loss": 1.0, "loss_distill": 1.0}\n'  # the resumed run redid step 2
+        '{"stage": "a", "event": "stage_end", "steps": 2}\n'
+        '{"stage": "b", "step": 1, "loss": 0.5, "loss_infonce": 0.4, "loss_distill": 0.1}\n'
+        '{"stage": "b", "step": 2, "lo',  # killed mid-write
+        encoding="utf-8",
+    )
+    got = read_training_log(log)
+    assert [s for s, _ in got["a"]] == [1, 2] and got["a"][1][1]["loss"] == 1.0
+    assert [s for s, _ in got["b"]] == [1] and got["b"][0][1]["loss_infonce"] == 0.4
+    assert write_training_chart(log, tmp_path / "t.png").stat().st_size > 1000
+    assert write_training_chart(tmp_path / "missing.jsonl", tmp_path / "none.png") is None

@@ -46,7 +46,8 @@ def test_run_writes_the_layout_keeps_old_rows_and_resumes(tmp_path):
     run_pipeline(cfg, out)
 
     for p in ("config.yaml", "base/config.json", "tokenizer/expansion.json", "expanded/expansion.json", "stages/rows/model.safetensors",
-              "stages/lora/model.safetensors", "final/model.safetensors", "eval/results.json", "eval/report.md", "logs/train.jsonl"):
+              "stages/lora/model.safetensors", "final/model.safetensors", "eval/results.json", "eval/report.md", "logs/train.jsonl",
+              "logs/training.png"):
         assert (out / p).is_file(), p
     assert list((out / "logs" / "tensorboard").glob("events.out.tfevents.*"))
     cached = load_file(str(out / "cache" / "teacher.safetensors"))["embeddings"]

@@ -124,3 +124,61 @@ def write_charts(results: Results, labels: Sequence[str], main_metric: Mapping[s
         plt.close(fig)
         written.append(path)
     return written
+
+
+def read_training_log(path: Path) -> dict[str, list[tuple[int, dict[str, float]]]]:
+    """logs/train.jsonl -> stage -> [(step, {loss..., lr, grad_norm})], in file order.
+
+    A resumed run appends to the same file, so a step can repeat: the last record of a step wins.
+    Lines that are not step records (stage_end events, a torn last line after a kill) are skipped.
+    """
+    import json
+
+    stages: dict[str, dict[int, dict[str, float]]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(rec, dict) or "event" in rec or not isinstance(rec.get("step"), int):
+            continue
+        vals = {k: float(v) for k, v in rec.items() if k not in ("stage", "step") and isinstance(v, (int, float))}
+        stages.setdefault(str(rec.get("stage")), {})[rec["step"]] = vals
+    return {s: sorted(steps.items()) for s, steps in stages.items()}
+
+
+def write_training_chart(log_file: Path, out_path: Path) -> Path | None:
+    """`training.png`: each loss term against the run's global step, stages side by side with
+    dashed boundaries (stages have different objectives, so one stage's loss is not comparable with
+    another's; the chart shows whether each stage's loss went down). None when there is nothing to plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = read_training_log(log_file) if log_file.is_file() else {}
+    stages = {s: recs for s, recs in stages.items() if recs}
+    if not stages:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 4))
+    offset = 0
+    colors = {}
+    for name, recs in stages.items():
+        steps = [offset + s for s, _ in recs]
+        terms = [k for k in recs[0][1] if k.startswith("loss_")] or ["loss"]
+        for term in terms:
+            color = colors.setdefault(term, f"C{len(colors)}")
+            ax.plot(steps, [v.get(term, float("nan")) for _, v in recs], color=color, lw=1,
+                    label=term if term not in ax.get_legend_handles_labels()[1] else None)
+        ax.axvline(offset, color="grey", ls="--", lw=0.7)
+        ax.text(offset, 1.0, f" {name}", transform=ax.get_xaxis_transform(), va="top", fontsize=7)
+        offset = steps[-1]
+    ax.set_yscale("log")
+    ax.set_xlabel("optimizer step (stages in order)")
+    ax.set_ylabel("loss (log)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+    return out_path

@@ -13,7 +13,7 @@ CLI only parses flags. Output layout under OUT:
     checkpoints/         training checkpoints (model folders never hold any)
     cache/teacher.*      the distillation teacher's embeddings by text (the base model never changes):
                          teacher.safetensors + teacher.texts.json
-    logs/                train.jsonl and TensorBoard events
+    logs/                train.jsonl, training.png (each loss term per stage) and TensorBoard events
 
 Every folder is written whole or not at all (temporary name, then rename), so `--resume` trusts a
 folder that exists and continues the first stage that has none, from its newest checkpoint that
@@ -558,6 +558,9 @@ def _run(cfg: PipelineConfig, out: Path, acc, resume: bool) -> None:
     acc.wait_for_everyone()
     last = train_stages(cfg, out, base=base, resume=resume, accelerator=acc)
     if acc.is_main_process:
+        from koemb.eval.report import write_training_chart
+
+        write_training_chart(out / "logs" / "train.jsonl", out / "logs" / "training.png")
         _copy_folder(last, out / "final")
         evaluate_step(cfg, out, base)
     acc.wait_for_everyone()
