@@ -171,7 +171,7 @@ def write_training_chart(log_file: Path, out_path: Path) -> Path | None:
             ax.plot(steps, [v.get(term, float("nan")) for _, v in recs], color=color, lw=1,
                     label=term if term not in ax.get_legend_handles_labels()[1] else None)
         ax.axvline(offset, color="grey", ls="--", lw=0.7)
-        ax.text(offset, 1.0, f" {name}", transform=ax.get_xaxis_transform(), va="top", fontsize=7)
+        ax.text(offset, 0.98, f"{name} ", transform=ax.get_xaxis_transform(), va="top", ha="right", rotation=90, fontsize=7)
         offset = steps[-1]
     ax.set_yscale("log")
     ax.set_xlabel("optimizer step (stages in order)")
