@@ -101,7 +101,14 @@ def from_folder(folder: Path, attn: str) -> tuple[nn.Module, object, EncodeSpec,
 def korean_texts(path: Path | None) -> list[str]:
     if path is None:
         return [t for t in KO_SAMPLE.read_text(encoding="utf-8").splitlines() if t.strip()]
-    return [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    from koemb.data.jsonl import iter_jsonl  # file:line on a malformed line
+
+    texts = []
+    for line_no, obj in iter_jsonl(path):
+        if not isinstance(obj.get("text"), str):
+            raise SystemExit(f"{path}:{line_no}: expected a `text` string field")
+        texts.append(obj["text"])
+    return texts
 
 
 def make_batches(texts: list[str], tok, spec: EncodeSpec, size: int, n: int, grouped: bool, seed: int) -> list[list[str]]:

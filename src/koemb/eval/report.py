@@ -127,7 +127,7 @@ def write_charts(results: Results, labels: Sequence[str], main_metric: Mapping[s
 
 
 def read_training_log(path: Path) -> dict[str, list[tuple[int, dict[str, float]]]]:
-    """logs/train.jsonl -> stage -> [(step, {loss..., lr, grad_norm})], in file order.
+    """logs/train.jsonl -> stage -> [(step, {loss..., lr, grad_norm})]: stages in file order, steps ascending.
 
     A resumed run appends to the same file, so a step can repeat: the last record of a step wins.
     Lines that are not step records (stage_end events, a torn last line after a kill) are skipped.

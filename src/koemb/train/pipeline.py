@@ -560,7 +560,10 @@ def _run(cfg: PipelineConfig, out: Path, acc, resume: bool) -> None:
     if acc.is_main_process:
         from koemb.eval.report import write_training_chart
 
-        write_training_chart(out / "logs" / "train.jsonl", out / "logs" / "training.png")
+        try:  # a chart is a convenience: it must never stand between finished stages and `final`
+            write_training_chart(out / "logs" / "train.jsonl", out / "logs" / "training.png")
+        except Exception as e:  # noqa: BLE001
+            log.warning("logs/training.png not written: %s", e)
         _copy_folder(last, out / "final")
         evaluate_step(cfg, out, base)
     acc.wait_for_everyone()
