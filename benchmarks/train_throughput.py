@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import random
 import statistics
 import time
@@ -86,13 +85,14 @@ def qwen3_shape(layers: int, new_rows: int, attn: str) -> tuple[nn.Module, objec
 def from_folder(folder: Path, attn: str) -> tuple[nn.Module, object, EncodeSpec, int]:
     from transformers import AutoModel, AutoTokenizer
 
+    from koemb.model.expand import read_expansion
     from koemb.model.files import transformer_dir
 
     tdir = transformer_dir(folder)
-    exp_file = Path(tdir) / "expansion.json"
-    if not exp_file.is_file():
+    expansion = read_expansion(Path(tdir))  # checked: valid JSON with first_new_id, or a UserError naming the file
+    if expansion is None:
         raise SystemExit(f"{folder}: no expansion.json; pass a folder written by `koemb model expand`")
-    first_new = int(json.loads(exp_file.read_text(encoding="utf-8"))["first_new_id"])
+    first_new = int(expansion["first_new_id"])
     model = AutoModel.from_pretrained(str(tdir), attn_implementation=attn, use_safetensors=True)
     tok = AutoTokenizer.from_pretrained(str(tdir))
     return model, tok, read_spec(folder), first_new
@@ -116,7 +116,7 @@ def make_batches(texts: list[str], tok, spec: EncodeSpec, size: int, n: int, gro
     rng = random.Random(seed)
     pool = texts[:]
     rng.shuffle(pool)
-    pool = pool[: size * n * 4] if len(pool) > size * n * 4 else pool
+    pool = pool[: size * n * 4]
     if grouped:
         lengths = [len(ids) for ids in tok(pool, truncation=True, max_length=spec.max_length)["input_ids"]]
         pool = [t for _, t in sorted(zip(lengths, pool), key=lambda x: x[0])]
