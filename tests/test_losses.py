@@ -91,6 +91,27 @@ def test_distill_cosine_mse_and_relational():
     assert distill(s, t, relational=1.0).item() > distill(s, t).item()
 
 
+def test_distill_relational_kl_matches_a_hand_computed_value():
+    t = _unit([1, 0], [0, 1], [1, 1])
+    rot = torch.tensor([[0.0, -1.0], [1.0, 0.0]])
+    # Same geometry (a rotation): no relational KL, whatever the temperature.
+    assert distill(t @ rot, t, relational=1.0, relational_kind="kl").item() == pytest.approx(
+        distill(t @ rot, t).item(), abs=1e-6
+    )
+    # By hand: row i's softmax over the two OTHER texts' cosines / T, then KL(teacher || student), mean over rows.
+    s = _unit([1, 0], [1, 2], [0, 1])
+    temp = 0.5
+
+    def rows(x: torch.Tensor) -> list[torch.Tensor]:
+        c = x @ x.T
+        return [torch.softmax(torch.stack([c[i, j] for j in range(3) if j != i]) / temp, 0) for i in range(3)]
+
+    want = sum((pt * (pt.log() - ps.log())).sum() for pt, ps in zip(rows(t), rows(s))) / 3
+    got = distill(s, t, relational=1.0, relational_kind="kl", temperature=temp) - distill(s, t)
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    assert torch.isfinite(got)
+
+
 def test_distill_gradient_reaches_only_the_student():
     s = torch.randn(3, 4, requires_grad=True)
     t = torch.randn(3, 4)

@@ -75,14 +75,21 @@ def distill(
     *,
     kind: Literal["cosine", "mse"] = "cosine",
     relational: float = 0.0,
+    relational_kind: Literal["mse", "kl"] = "mse",
+    temperature: float = 0.05,
 ) -> torch.Tensor:
     """Match the student's pooled embeddings to the teacher's.
 
     student, teacher: (B, D) (the teacher is detached by the caller; a cached teacher simply is).
     cosine: mean of 1 - cos(s_i, t_i); mse: mean squared error per dimension of the normalised
     embeddings (normalised because both models' outputs are used normalised).
-    relational (weight >= 0): adds MSE between the two (B, B) cosine-similarity matrices, which keeps
-    the geometry among texts even where single vectors cannot match exactly.
+    relational (weight >= 0): adds a term on the two (B, B) cosine-similarity matrices, which keeps
+    the geometry among texts even where single vectors cannot match exactly:
+      mse: mean squared difference of the matrices. An embedding model's cosines sit in a narrow band
+        (e5: mostly 0.7-0.9), so this term is small and weighs every pair alike;
+      kl: per row, KL(teacher || student) of the softmax over the OTHER texts at `temperature`: which
+        text is nearest, and by how much, is what retrieval reads, and the temperature stretches the
+        narrow band (the diagonal is masked: it is 1 for both and would take all the mass).
     """
     if student.shape != teacher.shape:
         raise ValueError(f"distill expects equal shapes, got {tuple(student.shape)} and {tuple(teacher.shape)}")
@@ -90,8 +97,23 @@ def distill(
     t = F.normalize(teacher.float(), dim=-1)
     loss = POINT_LOSSES[kind](s, t)
     if relational:
-        loss = loss + relational * F.mse_loss(s @ s.T, t @ t.T)
+        loss = loss + relational * RELATIONAL_LOSSES[relational_kind](s @ s.T, t @ t.T, temperature)
     return loss
+
+
+def _relational_kl(ss: torch.Tensor, tt: torch.Tensor, temperature: float) -> torch.Tensor:
+    """ss, tt: (B, B) cosine matrices -> mean over rows of KL(softmax(tt_i/T) || softmax(ss_i/T)), i != j."""
+    eye = torch.eye(ss.shape[0], dtype=torch.bool, device=ss.device)
+    # A large finite fill rather than -inf: 0 * (-inf) would make the masked entry NaN in the KL sum.
+    log_s = F.log_softmax((ss / temperature).masked_fill(eye, -1e4), dim=-1)
+    log_t = F.log_softmax((tt / temperature).masked_fill(eye, -1e4), dim=-1)
+    return F.kl_div(log_s, log_t, log_target=True, reduction="batchmean")
+
+
+RELATIONAL_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]] = {
+    "mse": lambda ss, tt, _t: F.mse_loss(ss, tt),
+    "kl": _relational_kl,
+}
 
 
 POINT_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {

@@ -49,13 +49,19 @@ class Distill(StrictModel):
     weight: float = Field(1.0, gt=0)
     kind: Literal["cosine", "mse"] = "cosine"
     relational: float = Field(0.0, ge=0, description="Weight of the similarity-matrix term (0 = off).")
+    relational_kind: Literal["mse", "kl"] = Field(
+        "mse", description="mse: squared difference of the similarity matrices; kl: KL of their row softmaxes."
+    )
+    temperature: float = Field(0.05, gt=0, description="Softmax temperature of relational_kind: kl.")
 
     def loss(self, embs: Embeddings, batch: TextBatch, teacher: Embeddings | None) -> torch.Tensor:
         assert teacher is not None, "the loop provides teacher embeddings when an objective needs them"
         roles = [r for r in embs if r in teacher]
         s = torch.cat([embs[r] for r in roles])  # (n, D)
         t = torch.cat([teacher[r] for r in roles]).to(s.device)  # (n, D), no grad
-        return distill(s, t, kind=self.kind, relational=self.relational)
+        return distill(
+            s, t, kind=self.kind, relational=self.relational, relational_kind=self.relational_kind, temperature=self.temperature
+        )
 
 
 OBJECTIVES: dict[str, type[StrictModel]] = {"infonce": InfoNCE, "distill": Distill}
