@@ -17,7 +17,8 @@ from koemb.model.tiny import build_tiny_qwen3
 from koemb.resources import KO_SAMPLE
 from koemb.train.checkpoint import list_checkpoints, load_checkpoint
 from koemb.train.encode import embed, read_spec, tokenize
-from koemb.train.loop import Runtime, train_stage
+from koemb.train.data import Source
+from koemb.train.loop import Runtime, source_names, train_stage
 from koemb.train.setups import Lora
 from koemb.train.stage import SCHEDULES, StageConfig
 
@@ -92,6 +93,17 @@ def test_new_rows_keeps_old_rows_bit_identical_with_weight_decay(tiny_dir, tmp_p
     steps, end = rec[:-1], rec[-1]  # one record per step, then the stage summary
     assert len(steps) == 3 and {"loss", "lr", "grad_norm", "tokens_per_s"} <= set(steps[-1])
     assert end["event"] == "stage_end" and end["skipped_bad_batches"] == 0
+    # One micro-batch per step, drawn from one source: the per-source mean is that step's loss.
+    for r in steps:
+        ((name, value),) = r["source_loss"].items()
+        assert name in {pairs.stem, text.stem} and value == pytest.approx(r["loss"])
+
+
+def test_source_names_are_stems_unless_two_collide():
+    a, b = Source("d/x/pairs.jsonl", 1.0, []), Source("d/y/text.txt", 1.0, [])
+    assert source_names([a, b]) == ["pairs", "text"]
+    c = Source("d/z/pairs.jsonl", 1.0, [])
+    assert source_names([a, c]) == ["d/x/pairs.jsonl", "d/z/pairs.jsonl"]
 
 
 def test_all_rows_moves_old_rows_and_nothing_else(tiny_dir, tmp_path):

@@ -134,12 +134,21 @@ class RunLogger:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k not in ("step", "global_step"):
                     self.tb.add_scalar(f"{record['stage']}/{k}", v, global_step)
+                elif isinstance(v, dict):  # source_loss: one curve per source
+                    for name, x in v.items():
+                        self.tb.add_scalar(f"{record['stage']}/{k}/{name}", x, global_step)
 
     def close(self) -> None:
         if self.fh:
             self.fh.close()
         if self.tb:
             self.tb.close()
+
+
+def source_names(sources: list[Source]) -> list[str]:
+    """Short names for the log: file stems, or the paths where two stems collide."""
+    stems = [Path(s.path).stem for s in sources]
+    return stems if len(set(stems)) == len(stems) else [s.path for s in sources]
 
 
 def load_sources(stage: StageConfig) -> list[Source]:
@@ -293,6 +302,11 @@ def train_stage(
 
     progress = _progress(runtime.progress and accelerator.is_main_process, stage.name, total, start)
     stopped = False
+    # Each micro-batch comes from one source, so the step loss jumps with the source drawn (a translation
+    # pair is easy, a question->passage pair hard); the log also keeps the mean loss per source since the
+    # last record (this process's micro-batches), which says which source is hard.
+    names = source_names(sources)
+    by_source: dict[str, list[float]] = {}
     try:
         for step in range(start, total):
             if runtime.stop_after_steps is not None and step >= runtime.stop_after_steps:
@@ -308,6 +322,9 @@ def train_stage(
                     module, batch, tokenizer, spec, stage, teacher, accelerator, 1.0 / accum, sync=m == accum - 1, inject=inject
                 )
                 losses.append(loss)
+                acc = by_source.setdefault(names[src], [0.0, 0])
+                acc[0] += loss
+                acc[1] += 1
                 tokens += n_tok
                 for k, v in parts.items():
                     parts_sum[k] = parts_sum.get(k, 0.0) + v / accum
@@ -343,7 +360,9 @@ def train_stage(
                     "grad_norm": float(grad_norm),
                     "tokens_per_s": tokens * world / dt if dt > 0 else 0.0,
                     **parts_sum,
+                    "source_loss": {k: v[0] / v[1] for k, v in sorted(by_source.items())},
                 }
+                by_source.clear()
                 logger.write(record, done)
             if progress:
                 progress.update(progress.task_ids[0], advance=1, description=f"{stage.name} loss {sum(losses) / len(losses):.4f}")
