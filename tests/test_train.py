@@ -163,6 +163,33 @@ def test_lora_stage_through_the_loop_and_bad_target_names(tiny_dir, tmp_path):
         Lora(target_modules=["qkv"]).check_targets(model)
 
 
+def test_lora_with_new_rows_trains_both_at_their_own_lr_and_resumes(tiny_dir, tmp_path):
+    pairs, text = write_data(tmp_path)
+    before = AutoModel.from_pretrained(str(tiny_dir), dtype=torch.float32).state_dict()
+    train = {"kind": "lora", "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"], "new_rows_lr": 5e-2}
+    cfg = stage([pairs, text], train=train, lr=1e-3, steps=4, weight_decay=0.5)
+    # Stop after 2 steps (a simulated crash), then resume: the checkpoint holds LoRA AND the new rows.
+    assert run_stage(tiny_dir, cfg, tmp_path / "ckpt", stop_after=2, checkpoint_every=1)[0] is None
+    state = load_checkpoint(list_checkpoints(tmp_path / "ckpt")[-1])
+    rows = [n for n in state["trainable"] if n.endswith("embed_tokens.new")]
+    assert len(rows) == 1 and any("lora_" in n for n in state["trainable"])
+    # Two optimizer groups at their peak lrs (the scheduler's initial_lr): the LoRA's and the rows'.
+    assert sorted(g["initial_lr"] for g in state["optimizer"]["param_groups"]) == [1e-3, 5e-2]
+    model, _ = run_stage(tiny_dir, cfg, tmp_path / "ckpt", resume=True, checkpoint_every=1)
+    after = model.state_dict()
+    assert set(after) == set(before), "LoRA merged and the rows written back: the plain model again"
+    emb = "embed_tokens.weight"
+    assert torch.equal(after[emb][:FIRST_NEW], before[emb][:FIRST_NEW]), "old rows must not move (weight decay 0.5)"
+    assert not torch.equal(after[emb][FIRST_NEW:], before[emb][FIRST_NEW:]), "new rows did not train"
+    changed = {k for k in before if k != emb and not torch.equal(before[k], after[k])}
+    assert changed and all(("q_proj" in k or "v_proj" in k) for k in changed)
+    from koemb.errors import UserError
+
+    unexpanded = AutoModel.from_pretrained(str(tiny_dir), dtype=torch.float32)
+    with pytest.raises(UserError, match="new_rows_lr needs an expanded model"):
+        Lora(target_modules=["q_proj"], new_rows_lr=1e-2).prepare(unexpanded, None)
+
+
 def test_grad_cache_gives_the_same_gradients(tiny_dir, tmp_path):
     pairs, _ = write_data(tmp_path)
     grads = []

@@ -248,7 +248,7 @@ def train_stage(
     prepared = stage.train.prepare(model, first_new_id)
     module = prepared.module
     params = list(prepared.trainable().values())
-    optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
+    optimizer = torch.optim.AdamW(prepared.param_groups(stage.lr), lr=stage.lr, weight_decay=stage.weight_decay)
 
     sources = sources if sources is not None else load_sources(stage)
     world, rank = accelerator.num_processes, accelerator.process_index

@@ -15,7 +15,7 @@ new rows.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Union
 
 import torch
@@ -33,9 +33,21 @@ class Prepared:
 
     module: nn.Module
     finish: Callable[[], nn.Module]
+    # Parameters trained at their own learning rate (name in `trainable()` -> peak lr); the rest use the stage's.
+    own_lr: dict[str, float] = field(default_factory=dict)
 
     def trainable(self) -> dict[str, nn.Parameter]:
         return {n: p for n, p in self.module.named_parameters() if p.requires_grad}
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Optimizer groups: the stage's lr, plus one group per parameter with its own (the scheduler scales each)."""
+        groups: list[dict[str, Any]] = [{"params": [], "lr": lr}]
+        for name, p in self.trainable().items():
+            if name in self.own_lr:
+                groups.append({"params": [p], "lr": self.own_lr[name]})
+            else:
+                groups[0]["params"].append(p)
+        return [g for g in groups if g["params"]]
 
 
 class NewRowsEmbedding(nn.Module):
@@ -68,6 +80,19 @@ class NewRowsEmbedding(nn.Module):
         return self.base
 
 
+def _wrap_new_rows(model: nn.Module, first_new_id: int | None, what: str) -> NewRowsEmbedding:
+    """Put a NewRowsEmbedding in place of the model's input embedding (after freezing: its `new` trains)."""
+    emb = model.get_input_embeddings()
+    if first_new_id is None or first_new_id >= emb.num_embeddings:
+        raise UserError(
+            f"{what} needs an expanded model (expansion.json with first_new_id below the "
+            f"{emb.num_embeddings} embedding rows); got first_new_id={first_new_id}"
+        )
+    wrapped = NewRowsEmbedding(emb, first_new_id)
+    model.set_input_embeddings(wrapped)
+    return wrapped
+
+
 def _freeze_all(model: nn.Module) -> None:
     for p in model.parameters():
         p.requires_grad_(False)
@@ -85,15 +110,8 @@ class NewRows(StrictModel):
     kind: Literal["new_rows"] = "new_rows"
 
     def prepare(self, model: nn.Module, first_new_id: int | None) -> Prepared:
-        emb = model.get_input_embeddings()
-        if first_new_id is None or first_new_id >= emb.num_embeddings:
-            raise UserError(
-                f"train: new_rows needs an expanded model (expansion.json with first_new_id below the "
-                f"{emb.num_embeddings} embedding rows); got first_new_id={first_new_id}"
-            )
         _freeze_all(model)
-        wrapped = NewRowsEmbedding(emb, first_new_id)
-        model.set_input_embeddings(wrapped)
+        wrapped = _wrap_new_rows(model, first_new_id, "train: new_rows")
 
         def finish() -> nn.Module:
             model.set_input_embeddings(wrapped.write_back())
@@ -136,6 +154,16 @@ class Lora(StrictModel):
         description="Names of the linear modules to adapt (suffixes of module names).",
     )
 
+    new_rows_lr: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Also train the expansion's new rows (ids >= first_new_id), at this lr, jointly with the LoRA, so the "
+            "network and the new rows adapt to each other; old rows stay frozen. Embedding rows need a larger lr "
+            "than the LoRA (e5-small: 1e-2 vs 2e-4)."
+        ),
+    )
+
     def check_targets(self, model: nn.Module, where: str = "train.target_modules") -> None:
         names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
         missing = [t for t in self.target_modules if t not in names]
@@ -147,14 +175,21 @@ class Lora(StrictModel):
 
         self.check_targets(model)
         _freeze_all(model)
+        rows = _wrap_new_rows(model, first_new_id, "train.new_rows_lr") if self.new_rows_lr is not None else None
         cfg = LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=list(self.target_modules))
         peft_model = get_peft_model(model, cfg)
+        own_lr: dict[str, float] = {}
+        if rows is not None:
+            rows.new.requires_grad_(True)  # peft froze every non-LoRA parameter
+            own_lr = {n: self.new_rows_lr for n, p in peft_model.named_parameters() if p is rows.new}
 
         def finish() -> nn.Module:
             merged = peft_model.merge_and_unload()
+            if rows is not None:
+                merged.set_input_embeddings(rows.write_back())
             return _unfreeze_all(merged)
 
-        return Prepared(peft_model, finish)
+        return Prepared(peft_model, finish, own_lr)
 
 
 def _kind_from_string(v: Any) -> Any:
