@@ -16,8 +16,8 @@ from transformers import AutoModel, AutoTokenizer
 from koemb.model.tiny import build_tiny_qwen3
 from koemb.resources import KO_SAMPLE
 from koemb.train.checkpoint import list_checkpoints, load_checkpoint
-from koemb.train.encode import embed, read_spec, tokenize
 from koemb.train.data import Source
+from koemb.train.encode import embed, read_spec, tokenize
 from koemb.train.loop import Runtime, source_names, train_stage
 from koemb.train.setups import Lora
 from koemb.train.stage import SCHEDULES, StageConfig
