@@ -10,6 +10,11 @@ Writes
                                   prompt, but e5 was trained (and is evaluated) with `passage: ` on documents.
     OUT/e5/texts.jsonl            unlabeled text as {query: "query: t", positive: "passage: t"}: for a
                                   distillation-only stage (the teacher sees both forms e5 is used with).
+    OUT/e5/passages.jsonl         passage-shaped pairs (inverse cloze task) from the long unlabeled Korean text
+                                  (petitions, book reviews, the UNESCO report, fairy tales): consecutive sentences
+                                  packed into 250-800-character passages, one sentence taken out as the `query: `,
+                                  the rest the `passage: `. The pair sets have few passages (KorQuAD's are
+                                  ~500-700 characters); these teach reading one.
     OUT/eval/stsb-en-dev.jsonl    the English STS-B dev set as {sentence1, sentence2, score}, for the
                                   "no worse at English" check (STS-B's csv has no header row).
 """
@@ -20,9 +25,14 @@ import argparse
 import csv
 import json
 import random
+import re
 from pathlib import Path
 
-SYMMETRIC = {"korsts_train", "klue_nli", "kornli_xnli", "parakqc", "question_pair", "stsb_ko_en"}
+LONG_SOURCES = ("petitions", "book_reviews", "unesco", "fairytales")
+# A sentence ends at . ? ! (also after Korean's final 다/요) followed by a space; text without such
+# marks stays one piece and the packer cuts it at the passage bound.
+_SENTENCE = re.compile(r"(?<=[.?!])\s+")
+SYMMETRIC = {"korsts_train", "korsts_scored", "klue_nli", "kornli_xnli", "parakqc", "question_pair", "stsb_ko_en"}
 Q, P = "query: ", "passage: "
 
 
@@ -32,6 +42,7 @@ def main() -> None:
     ap.add_argument("--stsb", required=True, help="English STS-B folder (sts-dev.csv)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--texts", type=int, default=30000, help="unlabeled texts to keep (seeded sample)")
+    ap.add_argument("--passages", type=int, default=8000, help="inverse-cloze pairs to keep (seeded sample)")
     args = ap.parse_args()
     train, out = Path(args.train), Path(args.out)
     (out / "e5" / "pairs").mkdir(parents=True, exist_ok=True)
@@ -62,6 +73,12 @@ def main() -> None:
             dst.write(json.dumps({"query": Q + t, "positive": P + t}, ensure_ascii=False) + "\n")
     print(f"texts {len(texts)}")
 
+    pairs = ict_pairs(train / "unlabeled", args.passages)
+    with (out / "e5" / "passages.jsonl").open("w", encoding="utf-8") as dst:
+        for q, p in pairs:
+            dst.write(json.dumps({"query": Q + q, "positive": P + p, "source": "ict"}, ensure_ascii=False) + "\n")
+    print(f"passages {len(pairs)}")
+
     n = 0
     with (Path(args.stsb) / "sts-dev.csv").open(encoding="utf-8") as src, (out / "eval" / "stsb-en-dev.jsonl").open("w", encoding="utf-8") as dst:
         for row in csv.reader(src, delimiter="\t", quoting=csv.QUOTE_NONE):
@@ -70,6 +87,38 @@ def main() -> None:
             dst.write(json.dumps({"sentence1": row[5], "sentence2": row[6], "score": float(row[4])}) + "\n")
             n += 1
     print(f"stsb-en-dev {n}")
+
+
+def ict_pairs(unlabeled: Path, limit: int, lo: int = 250, hi: int = 800) -> list[tuple[str, str]]:
+    """(sentence, its passage without it) for passages of lo-hi characters packed from LONG_SOURCES.
+
+    A source's lines are read in order as one stream (the UNESCO report and the fairy tales are one
+    paragraph per line), so a passage may join consecutive lines; a petition or review longer than `hi`
+    gives several passages. Deterministic: seeded choice of the taken-out sentence and of the sample.
+    """
+    rng = random.Random(1)
+    out: list[tuple[str, str]] = []
+    for name in LONG_SOURCES:
+        f = unlabeled / f"{name}.jsonl"
+        if not f.is_file():
+            continue
+        sents: list[str] = []
+        with f.open(encoding="utf-8") as src:
+            for line in src:
+                sents.extend(s for s in _SENTENCE.split(json.loads(line)["text"].strip()) if s)
+        cur: list[str] = []
+        for sent in sents + [""]:  # "" flushes the last passage
+            if cur and (not sent or sum(map(len, cur)) + len(sent) > hi):
+                if sum(map(len, cur)) >= lo and len(cur) >= 3:
+                    ok = [i for i, c in enumerate(cur) if 15 <= len(c) <= 200]
+                    if ok:
+                        k = rng.choice(ok)
+                        out.append((cur[k], " ".join(cur[:k] + cur[k + 1 :])))
+                cur = []
+            if sent and len(sent) <= hi:
+                cur.append(sent)
+    rng.shuffle(out)
+    return out[:limit]
 
 
 if __name__ == "__main__":

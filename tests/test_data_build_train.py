@@ -201,3 +201,16 @@ def test_hub_rows_filtered_by_min_values(tmp_path):
                     min_values={"rating": 5})
     with pytest.raises(UserError, match="min_values: row 0 has no column 'rating'"):
         list(hub_items(bad, rows))
+
+
+def test_korsts_scored_keeps_every_score_and_the_reader_checks_it(built, ko_data, tmp_path):
+    out, _ = built
+    scored = _pairs(out, "korsts_scored")
+    assert len(scored) > 5000 and all(p.score is not None and 0.0 <= p.score <= 5.0 for p in scored)
+    assert min(p.score for p in scored) < 1.0 and max(p.score for p in scored) == 5.0  # the whole scale
+    path = tmp_path / "s.jsonl"
+    write_pairs(path, [Pair("q", "p", score=2.5)])
+    assert read_pairs(path) == [Pair("q", "p", score=2.5)]
+    path.write_text('{"query": "q", "positive": "p", "score": "high"}\n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"s\.jsonl:1: field 'score' must be a number"):
+        read_pairs(path)

@@ -67,7 +67,7 @@ def worker(out: str, model_dir: str | None) -> None:
     mean_loss /= W
     grads = {n: p.grad.clone() for n, p in acc.unwrap_model(model).named_parameters()}
     if model_dir:  # the real loop under DDP, two steps of new_rows: must run and agree across ranks
-        from test_train import FIRST_NEW, stage, write_data
+        from test_train import FIRST_NEW, stage, write_data, write_scored
         from transformers import AutoModel, AutoTokenizer
 
         from koemb.train.encode import read_spec
@@ -85,6 +85,17 @@ def worker(out: str, model_dir: str | None) -> None:
         other = rows.clone()
         dist.broadcast(other, src=0)
         grads["__loop_rows_equal_across_ranks"] = torch.tensor(float(torch.equal(rows, other)))
+        # Scored (cosent) and unscored (infonce) sources: at some step one rank ranks a scored batch
+        # while the other all-gathers for infonce; the scored rank must still join the collective.
+        scored = write_scored(root / f"data{rank}")
+        mixed = stage([pairs, scored], steps=4, batch_size=3, objective={"infonce": {}, "cosent": {}})
+        m = AutoModel.from_pretrained(model_dir, dtype=torch.float32)
+        rt = Runtime(checkpoint_dir=root / "ckpt-mixed", progress=False)
+        trained = train_stage(m, tok, mixed, stage_index=0, spec=read_spec(model_dir, 48), first_new_id=FIRST_NEW, runtime=rt, accelerator=acc)
+        rows = trained.get_input_embeddings().weight[FIRST_NEW:].detach().clone()
+        other = rows.clone()
+        dist.broadcast(other, src=0)
+        grads["__mixed_rows_equal_across_ranks"] = torch.tensor(float(torch.equal(rows, other)))
         # GradCache under DDP (no_sync on all chunks but the last) gives the same averaged gradients.
         from koemb.train.data import collate, read_examples
         from koemb.train.loop import _micro_step
@@ -124,6 +135,12 @@ def test_two_processes_equal_one_process_on_the_global_batch(tmp_path, qwen_dir)
     loss.backward()
     assert abs(got["loss"].item() - loss.item()) < 1e-5
     assert got["grads"].pop("__loop_rows_equal_across_ranks").item() == 1.0
+    assert got["grads"].pop("__mixed_rows_equal_across_ranks").item() == 1.0
+    # The mixed run above did put a scored batch beside an unscored one at some step (the stage seed, 42).
+    from koemb.train.data import plan_batches
+
+    plan = plan_batches([48, 12], [1.0, 1.0], 3, 4 * W, 42)
+    assert any(plan[2 * s][0] != plan[2 * s + 1][0] for s in range(4))
     assert got["grads"].pop("__gradcache_ddp_rel_diff").item() < 1e-4
     ref = {n: p.grad for n, p in model.named_parameters()}
     assert got["grads"].keys() == ref.keys()

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from koemb.train.losses import distill, false_negative_mask, gathered_infonce, infonce, text_keys
+from koemb.train.losses import cosent, distill, false_negative_mask, gathered_infonce, infonce, text_keys
 
 
 def _unit(*rows: list[float]) -> torch.Tensor:
@@ -122,3 +122,22 @@ def test_distill_gradient_reaches_only_the_student():
 def test_text_keys_equal_for_equal_texts():
     k = text_keys(["안녕", "hello", "안녕"])
     assert k[0] == k[2] and k[0] != k[1]
+
+
+def test_cosent_matches_hand_computation_and_reads_only_the_order():
+    a = _unit([1, 0], [1, 0], [1, 0])
+    b = _unit([1, 0], [1, 1], [0, 1])  # cosines 1, 1/sqrt2, 0
+    scale = 20.0
+    c = [scale * 1.0, scale / math.sqrt(2), 0.0]
+    # Scores rank pair 1 above pair 0 above pair 2: every (i above j) adds exp(c_j - c_i).
+    scores = torch.tensor([3.0, 5.0, 0.0])
+    want = math.log(1 + math.exp(c[0] - c[1]) + math.exp(c[2] - c[1]) + math.exp(c[2] - c[0]))
+    assert cosent(a, b, scores, scale=scale).item() == pytest.approx(want, rel=1e-6)
+    # Only the order counts: any increasing map of the scores gives the same loss.
+    assert cosent(a, b, scores * 10 - 7, scale=scale).item() == pytest.approx(want, rel=1e-6)
+    # Cosines already in the scores' order cost little, the reverse order a lot; no ordered pair costs 0.
+    assert cosent(a, b, torch.tensor([5.0, 3.0, 0.0]), scale=scale).item() < 0.01
+    assert cosent(a, b, torch.tensor([0.0, 3.0, 5.0]), scale=scale).item() > 19
+    assert cosent(a, b, torch.full((3,), 2.0)).item() == 0.0
+    with pytest.raises(ValueError, match="scores"):
+        cosent(a, b, torch.zeros(2))

@@ -58,6 +58,16 @@ def write_data(root: Path, n: int = 48) -> tuple[Path, Path]:
     return pairs, text
 
 
+def write_scored(root: Path, n: int = 12) -> Path:
+    """scored.jsonl: sentence pairs from the Korean sample with graded scores 0-5 (for `cosent`)."""
+    lines = [l.strip() for l in KO_SAMPLE.read_text(encoding="utf-8").splitlines() if len(l.strip()) > 40][:n]
+    path = root / "scored.jsonl"
+    with path.open("w", encoding="utf-8") as fh:
+        for i, a in enumerate(lines):
+            fh.write(json.dumps({"query": a[:40], "positive": a[10:60], "score": float(i % 6)}, ensure_ascii=False) + "\n")
+    return path
+
+
 def stage(data: list[Path], **kw) -> StageConfig:
     base = {"name": "s", "train": "new_rows", "data": [{"path": str(p)} for p in data], "lr": 1e-2, "batch_size": 4, "max_length": 48, "steps": 3, "weight_decay": 0.1, "warmup_ratio": 0.0}
     return StageConfig.model_validate({**base, **kw})
@@ -290,3 +300,32 @@ def test_new_rows_on_an_xlmr_encoder_with_mean_pooling():
     assert set(after) == set(before)
     assert torch.equal(after[w][:250], before[w][:250]) and not torch.equal(after[w][250:], before[w][250:])
     assert all(torch.equal(after[k], before[k]) for k in before if k != w)
+
+
+def test_scored_and_unscored_sources_in_one_stage(tiny_dir, tmp_path):
+    """cosent reads the scored source's batches, infonce the others; a source nobody reads is an error."""
+    from koemb.errors import UserError
+    from koemb.train.data import read_examples
+
+    pairs, _ = write_data(tmp_path)
+    scored = write_scored(tmp_path)
+    cfg = stage([pairs, scored], steps=6, objective={"infonce": {}, "cosent": {"scale": 20}})
+    before = AutoModel.from_pretrained(str(tiny_dir)).get_input_embeddings().weight[FIRST_NEW:].detach().clone()
+    model, _ = run_stage(tiny_dir, cfg, tmp_path / "ckpt")
+    assert not torch.equal(model.get_input_embeddings().weight[FIRST_NEW:], before)
+    records = [json.loads(l) for l in (tmp_path / "logs" / "train.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss_infonce" in r or "loss_cosent" in r]
+    # One source per batch: a step logs the objective of the source it drew, never both.
+    assert any("loss_cosent" in r for r in steps) and any("loss_infonce" in r for r in steps)
+    assert not any("loss_cosent" in r and "loss_infonce" in r for r in steps)
+
+    with pytest.raises(UserError, match=r"scored\.jsonl: no objective of this stage reads it; add cosent"):
+        run_stage(tiny_dir, stage([pairs, scored], objective="infonce"), tmp_path / "ckpt2")
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text(pairs.read_text(encoding="utf-8") + scored.read_text(encoding="utf-8"), encoding="utf-8")
+    with pytest.raises(UserError, match=r"mixed\.jsonl: 12 of 60 examples have a 'score'"):
+        read_examples(mixed)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"query": "a", "positive": "b", "score": "x"}\n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"bad\.jsonl:1: 'score' must be a number"):
+        read_examples(bad)

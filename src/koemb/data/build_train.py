@@ -8,6 +8,8 @@ Output (`OUT/`):
 
 Pair sources (registry `PAIR_SOURCES`; each handles its data set's traps, see ../shared/README.md):
 - `korsts_train`: KorSTS train rows with score >= `korsts_min_score` (TSV read with quoting OFF).
+- `korsts_scored`: EVERY KorSTS train row with its 0-5 score (`score`), for the `cosent` objective:
+  the graded scale, low scores included, is what STS evaluation ranks by.
 - `klue_nli`, `kornli_xnli`: premise -> entailment hypothesis, a contradiction of the same premise
   as hard negative; group = premise.
 - `chatbot`: Q -> A; ChatbotData has 11,823 rows but 7,779 distinct answers: group = answer, so
@@ -179,6 +181,20 @@ def _korsts_train(ctx: Context) -> Iterator[Pair]:
             ctx.drop("below_min_score")
             continue
         yield Pair(row["sentence1"], row["sentence2"], source="korsts_train")
+
+
+@pair_source("korsts_scored", "korsts")
+def _korsts_scored(ctx: Context) -> Iterator[Pair]:
+    path = ctx.path("korsts/sts-train.tsv")
+    for line_no, row in enumerate(_tsv(path), start=2):
+        _need(row, ("score", "sentence1", "sentence2"), f"{path}:{line_no}")
+        try:
+            score = float(row["score"])
+        except ValueError:
+            raise UserError(f"{path}:{line_no}: score {row['score']!r} is not a number") from None
+        if not 0.0 <= score <= 5.0:
+            raise UserError(f"{path}:{line_no}: score {score} is outside KorSTS's 0-5 scale")
+        yield Pair(row["sentence1"], row["sentence2"], source="korsts_scored", score=score)
 
 
 def _nli(ctx: Context, name: str, rows: Iterable[tuple[str, str, str]]) -> Iterator[Pair]:
@@ -507,7 +523,7 @@ def _clean_pairs(pairs: Iterable[Pair], eval_texts: set[str], dropped: dict[str,
             dropped["duplicate"] = dropped.get("duplicate", 0) + 1
             continue
         seen.add((q, pos))
-        out.append(Pair(q, pos, neg or None, p.group, p.source))
+        out.append(Pair(q, pos, neg or None, p.group, p.source, p.score))
     return out
 
 

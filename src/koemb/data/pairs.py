@@ -1,11 +1,14 @@
 """Training-file formats: pairs and unlabeled text, as JSON lines.
 
 Pairs (`*.jsonl`, one object per line):
-    {"query": str, "positive": str, "negative": str (optional), "group": str (optional), "source": str (optional)}
+    {"query": str, "positive": str, "negative": str (optional), "group": str (optional), "source": str (optional),
+     "score": number (optional)}
 - `negative`: a hard negative for this query (e.g. an NLI contradiction).
 - `group`: pairs with the same group share an answer or are paraphrases of each other (ChatbotData's
   duplicate answers, a paraKQC paraphrase set): in-batch negatives from the same group are FALSE
   negatives and must be masked, not just duplicate texts.
+- `score`: a graded similarity (KorSTS: 0-5): such a pair is not a positive but a point on a scale,
+  trained with the `cosent` objective (every pair of a file scored, or none).
 Unlabeled text (`*.jsonl`): {"text": str} per line (read with `koemb.data.corpus.iter_documents`).
 
 Readers validate every line and name file, line and field on error; writers are atomic (a temporary
@@ -24,7 +27,7 @@ from pathlib import Path
 from koemb.data.jsonl import iter_jsonl
 from koemb.errors import UserError
 
-PAIR_FIELDS = ("query", "positive", "negative", "group", "source")
+PAIR_FIELDS = ("query", "positive", "negative", "group", "source", "score")
 REQUIRED = ("query", "positive")
 
 
@@ -35,8 +38,9 @@ class Pair:
     negative: str | None = None
     group: str | None = None
     source: str | None = None
+    score: float | None = None
 
-    def to_json(self) -> dict[str, str]:
+    def to_json(self) -> dict[str, str | float]:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
@@ -79,7 +83,10 @@ def iter_pairs(path: str | Path) -> Iterator[Pair]:
             value = obj.get(key)
             if key in REQUIRED and (not isinstance(value, str) or not value.strip()):
                 raise UserError(f"{path}:{line_no}: field '{key}' must be a non-empty string (got {value!r})")
-            if value is not None and not isinstance(value, str):
+            if key == "score":
+                if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                    raise UserError(f"{path}:{line_no}: field 'score' must be a number (got {value!r})")
+            elif value is not None and not isinstance(value, str):
                 raise UserError(f"{path}:{line_no}: field '{key}' must be a string (got {type(value).__name__})")
         yield Pair(**obj)
 

@@ -2,7 +2,8 @@
 
 A source is one file: `.txt` (one document per line), `.jsonl` with `text` (unlabeled), or `.jsonl`
 with `query` and `positive` (optional `negative`: a string or a list, optional `group`: examples with
-equal groups are not each other's negatives). Unlabeled text becomes a pair of two spans of one
+equal groups are not each other's negatives; optional `score`: a graded similarity, e.g. STS 0-5, read by
+the `cosent` objective: a file has a score on every pair or on none). Unlabeled text becomes a pair of two spans of one
 document: Qwen3 has no dropout, so SimCSE's same-sentence-twice would give identical views.
 
 The plan is a pure function of (sources, batch size, seed): micro-batch i is always the same
@@ -27,6 +28,7 @@ class Example:
     negatives: list[str] = field(default_factory=list)
     group: str | None = None
     text: str | None = None  # unlabeled document
+    score: float | None = None  # graded similarity of (query, positive), for `cosent`
 
     @property
     def length(self) -> int:  # characters: a cheap stand-in for tokens when grouping by length
@@ -52,7 +54,12 @@ def _example_from_json(obj: object, where: str) -> Example:
         if not all(isinstance(n, str) for n in negs):
             raise UserError(f"{where}: 'negative' must be a string or a list of strings")
         group = obj.get("group")
-        return Example(query=q, positive=p, negatives=negs, group=None if group is None else str(group))
+        score = obj.get("score")
+        if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
+            raise UserError(f"{where}: 'score' must be a number (a graded similarity), got {score!r}")
+        return Example(
+            query=q, positive=p, negatives=negs, group=None if group is None else str(group), score=None if score is None else float(score)
+        )
     text = obj.get("text")
     if not isinstance(text, str):
         raise UserError(f"{where}: expected a 'text' field (unlabeled) or 'query' and 'positive' (pairs)")
@@ -103,6 +110,10 @@ def read_examples(path: str | Path, limit: int | None = None) -> list[Example]:
         raise UserError(f"{p}: unsupported training file; expected .txt, .txt.gz or .jsonl")
     if not out:
         raise UserError(f"{p}: no training examples in this file")
+    scored = sum(e.score is not None for e in out)
+    if 0 < scored < len(out):
+        # One source per batch, and a batch is either ranked by its scores or contrasted: never both.
+        raise UserError(f"{p}: {scored} of {len(out)} examples have a 'score'; give every pair a score or none")
     return out
 
 
@@ -155,7 +166,7 @@ class TextBatch:
     """Texts to embed, by role: `query` (B), `positive` (B), optional `negative` (B*H, H fixed per batch).
 
     `keys` hold the strings whose equality marks false negatives: for `positive`, the group id when
-    given, else the text itself.
+    given, else the text itself. `scores` (B): the pairs' graded similarities when the source has them.
     """
 
     query: list[str]
@@ -163,6 +174,7 @@ class TextBatch:
     negative: list[str]
     positive_keys: list[str]
     negative_keys: list[str]
+    scores: list[float] | None = None
 
     def groups(self) -> dict[str, list[str]]:
         g = {"query": self.query, "positive": self.positive}
@@ -199,4 +211,5 @@ def collate(examples: list[Example], query_prompt: str, seed: int, index: int) -
             pk.append(f"group:{e.group}" if e.group is not None else e.positive or "")
             n += e.negatives[:h]
             nk += e.negatives[:h]
-    return TextBatch(q, p, n, pk, nk)
+    scores = [e.score for e in examples] if all(e.score is not None for e in examples) else None
+    return TextBatch(q, p, n, pk, nk, scores)

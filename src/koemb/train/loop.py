@@ -251,6 +251,7 @@ def train_stage(
     optimizer = torch.optim.AdamW(prepared.param_groups(stage.lr), lr=stage.lr, weight_decay=stage.weight_decay)
 
     sources = sources if sources is not None else load_sources(stage)
+    stage.objective.check_sources({s.path: s.examples[0].score is not None for s in sources})
     world, rank = accelerator.num_processes, accelerator.process_index
     total = stage.total_steps(sum(len(s.examples) for s in sources), world)
     warm = int(stage.warmup_ratio * total)

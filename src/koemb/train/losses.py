@@ -122,6 +122,25 @@ POINT_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = 
 }
 
 
+def cosent(a: torch.Tensor, b: torch.Tensor, scores: torch.Tensor, *, scale: float = 20.0) -> torch.Tensor:
+    """CoSENT (Su 2022): rank the pairs' cosines in the order of their graded similarity scores.
+
+    a, b: (B, D) the two sides of B pairs; scores: (B,) the gold similarity (any scale, e.g. STS 0-5).
+    loss = log(1 + sum over (i, j) with scores_i > scores_j of exp(scale * (cos_j - cos_i))):
+    only the ORDER of the scores matters, which is what STS's Spearman correlation reads, and a
+    pair of sentences that is merely related (score 2-3) is not pushed to cosine 1 the way InfoNCE
+    pushes every positive. A batch whose scores are all equal gives 0 (no ordered pair).
+    """
+    if a.shape != b.shape or a.ndim != 2 or scores.shape != (a.shape[0],):
+        raise ValueError(f"cosent expects a, b (B, D) and scores (B,), got {tuple(a.shape)}, {tuple(b.shape)}, {tuple(scores.shape)}")
+    cos = F.cosine_similarity(a.float(), b.float(), dim=-1) * scale  # (B,)
+    diff = cos[None, :] - cos[:, None]  # (B, B): [i, j] = cos_j - cos_i
+    ordered = scores[:, None] > scores[None, :]  # (B, B): i should be above j
+    # logsumexp over {0} and every ordered pair's difference = log(1 + sum exp(...)), stably.
+    terms = torch.cat([torch.zeros(1, device=cos.device), diff[ordered]])
+    return torch.logsumexp(terms, dim=0)
+
+
 class _AllGather(torch.autograd.Function):
     """all_gather whose backward hands each process the gradient of its own slice summed over processes.
 

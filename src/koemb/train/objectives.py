@@ -4,6 +4,11 @@ In a stage's YAML, `objective: infonce` (a name), `objective: [infonce, distill]
 names to settings: `objective: {infonce: {temperature: 0.05}, distill: {weight: 0.5, kind: cosine}}`
 (`{}` for the defaults; `null` means off).
 
+A batch comes from one source. A source whose pairs carry a `score` (graded similarity, e.g. KorSTS
+train with its 0-5 scores) is ranked by `cosent` and skipped by `infonce` (a pair scored 1 of 5 is no
+positive); a source without scores is contrasted by `infonce` and skipped by `cosent`; `distill`
+reads every batch. A stage is checked before its first step: each source needs an objective that reads it.
+
 An objective never embeds: the loop embeds the batch's texts once per role (`query`, `positive`,
 `negative`; directly or through GradCache), then each objective is a pure function of those
 embeddings (and the teacher's embeddings of the same texts), so all objectives share one forward.
@@ -18,7 +23,8 @@ from pydantic import Field, model_validator
 
 from koemb.config import StrictModel
 from koemb.train.data import TextBatch
-from koemb.train.losses import distill, gathered_infonce, text_keys
+from koemb.errors import UserError
+from koemb.train.losses import cosent, distill, gathered_infonce, is_distributed, text_keys
 
 Embeddings = dict[str, torch.Tensor]  # role -> (n, D)
 
@@ -29,6 +35,9 @@ class InfoNCE(StrictModel):
     weight: float = Field(1.0, gt=0)
     temperature: float = Field(0.05, gt=0, description="Softmax temperature on cosine similarities.")
     hard_negatives: bool = Field(True, description="Use the data's `negative` texts when present.")
+
+    def reads(self, scored: bool) -> bool:
+        return not scored
 
     def loss(self, embs: Embeddings, batch: TextBatch, teacher: Embeddings | None) -> torch.Tensor:
         dev = embs["query"].device
@@ -43,6 +52,24 @@ class InfoNCE(StrictModel):
         )
 
 
+class CoSENT(StrictModel):
+    """Scored pairs (query, positive, score): their cosines ranked in the order of the scores (`losses.cosent`).
+
+    Local to each process (no all-gather): the ranking is among the batch's own pairs.
+    """
+
+    weight: float = Field(1.0, gt=0)
+    scale: float = Field(20.0, gt=0, description="Multiplies the cosines (an inverse temperature).")
+
+    def reads(self, scored: bool) -> bool:
+        return scored
+
+    def loss(self, embs: Embeddings, batch: TextBatch, teacher: Embeddings | None) -> torch.Tensor:
+        assert batch.scores is not None, "Objective.loss calls cosent only on scored batches"
+        scores = torch.tensor(batch.scores, device=embs["query"].device)  # (B,)
+        return cosent(embs["query"], embs["positive"], scores, scale=self.scale)
+
+
 class Distill(StrictModel):
     """The base model on the BASE tokenisation as teacher for the student's pooled embeddings."""
 
@@ -54,6 +81,9 @@ class Distill(StrictModel):
     )
     temperature: float = Field(0.05, gt=0, description="Softmax temperature of relational_kind: kl.")
 
+    def reads(self, scored: bool) -> bool:
+        return True
+
     def loss(self, embs: Embeddings, batch: TextBatch, teacher: Embeddings | None) -> torch.Tensor:
         assert teacher is not None, "the loop provides teacher embeddings when an objective needs them"
         roles = [r for r in embs if r in teacher]
@@ -64,13 +94,14 @@ class Distill(StrictModel):
         )
 
 
-OBJECTIVES: dict[str, type[StrictModel]] = {"infonce": InfoNCE, "distill": Distill}
+OBJECTIVES: dict[str, type[StrictModel]] = {"infonce": InfoNCE, "cosent": CoSENT, "distill": Distill}
 
 
 class Objective(StrictModel):
     """The weighted sum of the objectives that are set."""
 
     infonce: InfoNCE | None = None
+    cosent: CoSENT | None = None
     distill: Distill | None = None
 
     @model_validator(mode="before")
@@ -96,11 +127,28 @@ class Objective(StrictModel):
     def needs_teacher(self) -> bool:
         return self.distill is not None
 
+    def check_sources(self, sources: dict[str, bool]) -> None:
+        """sources: name -> whether its pairs are scored. A source that no objective reads is an error."""
+        for name, scored in sources.items():
+            if not any(part.reads(scored) for part in self.parts().values()):
+                need = "cosent (its pairs have a 'score')" if scored else "infonce or distill (its pairs have no 'score')"
+                raise UserError(f"{name}: no objective of this stage reads it; add {need}")
+
     def loss(self, embs: Embeddings, batch: TextBatch, teacher: Embeddings | None) -> tuple[torch.Tensor, dict[str, float]]:
+        scored = batch.scores is not None
         total = None
         logged: dict[str, float] = {}
         for name, part in self.parts().items():
+            weight = part.weight
+            if not part.reads(scored):
+                if not (name == "infonce" and is_distributed()):
+                    continue
+                # The other processes all-gather this one's embeddings inside infonce: it must take
+                # part in the collective, with a zero weight (its scored pairs are no positives).
+                weight = 0.0
             value = part.loss(embs, batch, teacher)
-            logged[f"loss_{name}"] = float(value.detach())
-            total = part.weight * value if total is None else total + part.weight * value
+            if weight:
+                logged[f"loss_{name}"] = float(value.detach())
+            total = weight * value if total is None else total + weight * value
+        assert total is not None, "check_sources guarantees an objective for every source"
         return total, logged
