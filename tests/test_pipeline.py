@@ -123,3 +123,9 @@ def test_cli_validate_names_the_bad_field(tmp_path, capsys):
     assert "stages.1.train" in capsys.readouterr().err
     assert main(["validate", "--config", str(path), "--set", "stages.0.data.0.path=/nope.jsonl"]) == 2
     assert "stages.0.data.0.path" in capsys.readouterr().err
+    # A scored file (pairs with `score`) in a stage without `cosent`: named before anything runs.
+    scored = tmp_path / "scored.jsonl"
+    scored.write_text('{"query": "가", "positive": "나", "score": 4.0}\n', encoding="utf-8")
+    assert main(["validate", "--config", str(path), "--set", f"stages.1.data.0.path={scored}"]) == 2
+    assert "stages.1.data.0" in (err := capsys.readouterr().err) and "add cosent" in err
+    assert main(["validate", "--config", str(path), "--set", f"stages.1.data.0.path={scored}", "--set", "stages.1.objective=[cosent]"]) == 0

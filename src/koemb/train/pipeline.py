@@ -229,6 +229,11 @@ def validate_pipeline(cfg: PipelineConfig, source: str = "config") -> list[str]:
         p = resolve_corpus_path(d.path)
         if not p.is_file():
             raise UserError(f"{source}: {where}.path: {p} does not exist")
+    for si, st in enumerate(cfg.stages):
+        # Whether a source's pairs are scored decides which objective reads it: a stage that cannot read
+        # one of its sources fails now, not when the stage starts (the loop checks again on all rows).
+        scored = {f"{source}: stages.{si}.data.{j} ({d.path})": _first_row_scored(resolve_corpus_path(d.path)) for j, d in enumerate(st.data) if d.hub is None}
+        st.objective.check_sources(scored)
     for key in ("expanded_model",):
         v = getattr(cfg, key)
         if v and not Path(v).is_dir():
@@ -249,6 +254,21 @@ def validate_pipeline(cfg: PipelineConfig, source: str = "config") -> list[str]:
             if st.train.kind == "lora":
                 st.train.check_targets(skeleton, f"{source}: stages.{si}.train.target_modules")
     return notes
+
+
+def _first_row_scored(path: Path) -> bool:
+    """Whether a training file's first row has a `score` (a file scores every pair or none)."""
+    if not path.name.lower().endswith(".jsonl"):
+        return False
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    return False  # the reader names the bad line when the stage reads the file
+                return isinstance(row, dict) and row.get("score") is not None
+    return False
 
 
 def check_model_safe(spec: str, field: str, *, trust_remote_code: bool, allow_pickle: bool, need_weights: bool = True) -> None:
