@@ -1,0 +1,30 @@
+"""benchmarks/me5_study_data.py's inverse-cloze passages, on real Korean text from ../shared."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from me5_study_data import ict_pairs  # noqa: E402
+
+
+def test_ict_pairs_take_one_sentence_out_of_a_passage(tmp_path, ko_data):
+    # The UNESCO report: one paragraph per line, read as one stream of sentences.
+    lines = (ko_data / "boddari" / "unesco_report.txt").read_text(encoding="utf-8").splitlines()
+    unlabeled = tmp_path / "unlabeled"
+    unlabeled.mkdir()
+    with (unlabeled / "unesco.jsonl").open("w", encoding="utf-8") as fh:
+        for line in lines[:400]:
+            if line.strip():
+                fh.write(json.dumps({"text": line.strip()}, ensure_ascii=False) + "\n")
+    pairs = ict_pairs(unlabeled, 10_000)
+    assert len(pairs) > 20
+    # Taken out: the passage does not hold its query (a short heading may recur elsewhere in the passage).
+    assert sum(q not in p for q, p in pairs) >= 0.9 * len(pairs)
+    for q, p in pairs:
+        assert 15 <= len(q) <= 200
+        assert 250 - len(q) - 5 <= len(p) <= 800  # the passage bounds, less the sentence taken out
+    assert ict_pairs(unlabeled, 10_000) == pairs  # seeded
+    assert ict_pairs(unlabeled, 5) == pairs[:5]
