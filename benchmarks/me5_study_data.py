@@ -92,6 +92,8 @@ def main() -> None:
 def ict_pairs(unlabeled: Path, limit: int, lo: int = 250, hi: int = 800) -> list[tuple[str, str]]:
     """(sentence, its passage without it) for passages of lo-hi characters packed from LONG_SOURCES.
 
+    The bounds count the sentences' characters (the spaces that join them are not counted).
+
     A source's lines are read in order as one stream (the UNESCO report and the fairy tales are one
     paragraph per line), so a passage may join consecutive lines; a petition or review longer than `hi`
     gives several passages. Deterministic: seeded choice of the taken-out sentence and of the sample.
