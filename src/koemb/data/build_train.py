@@ -168,23 +168,8 @@ def _need(row: dict[str, Any], keys: Iterable[str], where: str) -> None:
 # --------------------------------------------------------------------------- pair sources
 
 
-@pair_source("korsts_train", "korsts")
-def _korsts_train(ctx: Context) -> Iterator[Pair]:
-    path = ctx.path("korsts/sts-train.tsv")
-    for line_no, row in enumerate(_tsv(path), start=2):
-        _need(row, ("score", "sentence1", "sentence2"), f"{path}:{line_no}")
-        try:
-            score = float(row["score"])
-        except ValueError:
-            raise UserError(f"{path}:{line_no}: score {row['score']!r} is not a number") from None
-        if score < ctx.cfg.korsts_min_score:
-            ctx.drop("below_min_score")
-            continue
-        yield Pair(row["sentence1"], row["sentence2"], source="korsts_train")
-
-
-@pair_source("korsts_scored", "korsts")
-def _korsts_scored(ctx: Context) -> Iterator[Pair]:
+def _korsts_train_rows(ctx: Context) -> Iterator[tuple[str, str, float]]:
+    """(sentence1, sentence2, score) of KorSTS train; a score that is no number in 0-5 names the line."""
     path = ctx.path("korsts/sts-train.tsv")
     for line_no, row in enumerate(_tsv(path), start=2):
         _need(row, ("score", "sentence1", "sentence2"), f"{path}:{line_no}")
@@ -194,7 +179,22 @@ def _korsts_scored(ctx: Context) -> Iterator[Pair]:
             raise UserError(f"{path}:{line_no}: score {row['score']!r} is not a number") from None
         if not 0.0 <= score <= 5.0:
             raise UserError(f"{path}:{line_no}: score {score} is outside KorSTS's 0-5 scale")
-        yield Pair(row["sentence1"], row["sentence2"], source="korsts_scored", score=score)
+        yield row["sentence1"], row["sentence2"], score
+
+
+@pair_source("korsts_train", "korsts")
+def _korsts_train(ctx: Context) -> Iterator[Pair]:
+    for s1, s2, score in _korsts_train_rows(ctx):
+        if score < ctx.cfg.korsts_min_score:
+            ctx.drop("below_min_score")
+            continue
+        yield Pair(s1, s2, source="korsts_train")
+
+
+@pair_source("korsts_scored", "korsts")
+def _korsts_scored(ctx: Context) -> Iterator[Pair]:
+    for s1, s2, score in _korsts_train_rows(ctx):
+        yield Pair(s1, s2, source="korsts_scored", score=score)
 
 
 def _nli(ctx: Context, name: str, rows: Iterable[tuple[str, str, str]]) -> Iterator[Pair]:
