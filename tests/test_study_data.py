@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from me5_study_data import ict_pairs  # noqa: E402
+from me5_study_data import ict_pairs
 
 
 def test_ict_pairs_take_one_sentence_out_of_a_passage(tmp_path, ko_data):

@@ -22,8 +22,8 @@ import torch
 from pydantic import Field, model_validator
 
 from koemb.config import StrictModel
-from koemb.train.data import TextBatch
 from koemb.errors import UserError
+from koemb.train.data import TextBatch
 from koemb.train.losses import cosent, distill, gathered_infonce, is_distributed, text_keys
 
 Embeddings = dict[str, torch.Tensor]  # role -> (n, D)
