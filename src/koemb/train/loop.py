@@ -11,6 +11,7 @@ Built on accelerate: the same code runs on the CPU, one GPU (bf16 autocast) or s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -159,6 +160,26 @@ def _slice(enc: dict[str, torch.Tensor], a: int, b: int) -> dict[str, torch.Tens
     return {k: v[a:b] for k, v in enc.items()}
 
 
+def _same_negatives_everywhere(batch: TextBatch, device: torch.device) -> TextBatch:
+    """Keep the fewest hard negatives per query that any process's batch has (0: drop the role).
+
+    Each process draws its micro-batch from its own source: NLI pairs carry a contradiction each, chatbot
+    or scored pairs none. Every role is one DDP forward (each syncs buffers: a collective) and infonce
+    all-gathers the negatives, so the processes must agree on the roles and their sizes, or they hang.
+    """
+    import torch.distributed as dist
+
+    b = len(batch.query)
+    h = len(batch.negative) // b
+    least = torch.tensor([h], device=device)
+    dist.all_reduce(least, op=dist.ReduceOp.MIN)
+    keep = int(least.item())
+    if keep == h:
+        return batch
+    idx = [i * h + k for i in range(b) for k in range(keep)]  # query i's negatives sit at i*h .. i*h+h-1
+    return dataclasses.replace(batch, negative=[batch.negative[j] for j in idx], negative_keys=[batch.negative_keys[j] for j in idx])
+
+
 def _micro_step(
     module: nn.Module,
     batch: TextBatch,
@@ -173,6 +194,8 @@ def _micro_step(
 ) -> tuple[float, dict[str, float], int]:
     """Forward + backward of one micro-batch; returns (loss, per-objective losses, real tokens)."""
     dev = accelerator.device
+    if accelerator.num_processes > 1:
+        batch = _same_negatives_everywhere(batch, dev)
     groups = batch.groups()
     # One tokenisation per role: chunks below are row slices of it, so GradCache sees the very
     # same padded inputs (Qwen3's positions shift with left padding) as the direct path.
