@@ -76,26 +76,22 @@ def worker(out: str, model_dir: str | None) -> None:
         root = Path(out).parent
         (root / f"data{rank}").mkdir(exist_ok=True)
         pairs, _ = write_data(root / f"data{rank}")
-        cfg = stage([pairs], steps=2, batch_size=3)
-        m = AutoModel.from_pretrained(model_dir, dtype=torch.float32)
         tok = AutoTokenizer.from_pretrained(model_dir)
-        rt = Runtime(checkpoint_dir=root / "ckpt", progress=False)
-        trained = train_stage(m, tok, cfg, stage_index=0, spec=read_spec(model_dir, 48), first_new_id=FIRST_NEW, runtime=rt, accelerator=acc)
-        rows = trained.get_input_embeddings().weight[FIRST_NEW:].detach().clone()
-        other = rows.clone()
-        dist.broadcast(other, src=0)
-        grads["__loop_rows_equal_across_ranks"] = torch.tensor(float(torch.equal(rows, other)))
-        # Scored (cosent) and unscored (infonce) sources: at some step one rank ranks a scored batch
-        # while the other all-gathers for infonce; the scored rank must still join the collective.
-        scored = write_scored(root / f"data{rank}")
-        mixed = stage([pairs, scored], steps=4, batch_size=3, objective={"infonce": {}, "cosent": {}})
-        m = AutoModel.from_pretrained(model_dir, dtype=torch.float32)
-        rt = Runtime(checkpoint_dir=root / "ckpt-mixed", progress=False)
-        trained = train_stage(m, tok, mixed, stage_index=0, spec=read_spec(model_dir, 48), first_new_id=FIRST_NEW, runtime=rt, accelerator=acc)
-        rows = trained.get_input_embeddings().weight[FIRST_NEW:].detach().clone()
-        other = rows.clone()
-        dist.broadcast(other, src=0)
-        grads["__mixed_rows_equal_across_ranks"] = torch.tensor(float(torch.equal(rows, other)))
+
+        def rows_equal_across_ranks(cfg, ckpt: str) -> torch.Tensor:
+            m = AutoModel.from_pretrained(model_dir, dtype=torch.float32)
+            rt = Runtime(checkpoint_dir=root / ckpt, progress=False)
+            trained = train_stage(m, tok, cfg, stage_index=0, spec=read_spec(model_dir, 48), first_new_id=FIRST_NEW, runtime=rt, accelerator=acc)
+            rows = trained.get_input_embeddings().weight[FIRST_NEW:].detach().clone()
+            other = rows.clone()
+            dist.broadcast(other, src=0)
+            return torch.tensor(float(torch.equal(rows, other)))
+
+        grads["__loop_rows_equal_across_ranks"] = rows_equal_across_ranks(stage([pairs], steps=2, batch_size=3), "ckpt")
+        # Scored (cosent) and unscored (infonce, with hard negatives) sources: at some step one rank ranks a
+        # scored batch while the other contrasts pairs with negatives; they must agree on roles and collectives.
+        mixed = stage([pairs, write_scored(root / f"data{rank}")], steps=4, batch_size=3, objective={"infonce": {}, "cosent": {}})
+        grads["__mixed_rows_equal_across_ranks"] = rows_equal_across_ranks(mixed, "ckpt-mixed")
         # GradCache under DDP (no_sync on all chunks but the last) gives the same averaged gradients.
         from koemb.train.data import collate, read_examples
         from koemb.train.loop import _micro_step

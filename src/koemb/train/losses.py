@@ -185,28 +185,6 @@ def all_gather_nograd(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(out, 0)
 
 
-def _agree_on_negatives(
-    negatives: torch.Tensor | None, neg_keys: torch.Tensor | None, b: int, device: torch.device
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Keep the fewest hard negatives per query that ANY process has (H = 0: none anywhere).
-
-    Each process draws its batch from its own source, so one may hold NLI pairs with a contradiction each
-    (H = 1) while another holds chatbot pairs (H = 0): the all_gathers below need equal shapes and an
-    equal number of calls on every process. negatives: (b*H, D), query i's at rows i*H .. i*H+H-1.
-    """
-    h = negatives.shape[0] // b if negatives is not None else 0
-    least = torch.tensor([h], device=device)  # the queries' device: NCCL reduces CUDA tensors only
-    dist.all_reduce(least, op=dist.ReduceOp.MIN)
-    keep = int(least.item())
-    if keep == h:
-        return negatives, neg_keys
-    if keep == 0:
-        return None, None
-    negatives = negatives.view(b, h, -1)[:, :keep].reshape(b * keep, -1)  # type: ignore[union-attr]
-    neg_keys = neg_keys.view(b, h)[:, :keep].reshape(-1) if neg_keys is not None else None
-    return negatives, neg_keys
-
-
 def gathered_infonce(
     q: torch.Tensor,
     d: torch.Tensor,
@@ -222,12 +200,11 @@ def gathered_infonce(
     q: (b, D) local queries; d: (b, D) their positives; negatives: (b*H, D) or None; keys as in
     `infonce` (d_keys (b,), neg_keys (b*H,), q_keys (b,)). On one process this is `infonce` on the
     batch; on W processes the documents are gathered differentiably, the local loss is the mean
-    over local queries, and DDP's averaging makes the step equal to the one-process step.
+    over local queries, and DDP's averaging makes the step equal to the one-process step. Every
+    process must pass negatives with the same H, or none (the loop agrees on H before embedding).
     """
     rank = dist.get_rank() if is_distributed() else 0
     b = q.shape[0]
-    if is_distributed():
-        negatives, neg_keys = _agree_on_negatives(negatives, neg_keys, b, q.device)
     parts, keys = [all_gather(d)], [all_gather_nograd(d_keys) if d_keys is not None else None]
     if negatives is not None:
         parts.append(all_gather(negatives))
