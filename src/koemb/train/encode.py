@@ -35,13 +35,80 @@ def read_spec(folder: str | Path, max_length: int | None = None) -> EncodeSpec:
     return EncodeSpec.from_preset(detect_preset(folder), max_length)
 
 
-def tokenize(tokenizer: Any, texts: list[str], spec: EncodeSpec) -> dict[str, torch.Tensor]:
+def tokenize(tokenizer: Any, texts: list[str], spec: EncodeSpec, *, words: bool = False) -> dict[str, torch.Tensor]:
+    """Padded ids and mask; with `words`, also `word_ids` (B, T), see `word_index`."""
     tokenizer.padding_side = spec.padding_side
-    enc = tokenizer(texts, padding=True, truncation=True, max_length=spec.max_length, return_tensors="pt")
-    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    enc = tokenizer(
+        texts, padding=True, truncation=True, max_length=spec.max_length, return_tensors="pt",
+        return_offsets_mapping=words, return_special_tokens_mask=words,
+    )
+    out = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    if words:
+        out["word_ids"] = word_index(texts, enc["offset_mapping"], enc["special_tokens_mask"] | (1 - enc["attention_mask"]))
+    return out
+
+
+def word_index(texts: list[str], offsets: torch.Tensor, special: torch.Tensor) -> torch.Tensor:
+    """(B, T) index of the whitespace-separated word of `texts[b]` each token belongs to; -1 for special
+    tokens, padding and tokens of whitespace only.
+
+    From character offsets, not the tokenizer's own word ids: those follow its pre-tokenizer (and added
+    tokens split words), so two tokenizers could number the same text's words differently. A token
+    belongs to the word of its LAST character (a leading-space token's offsets may start on the space).
+
+    offsets: (B, T, 2) character spans (`return_offsets_mapping`); special: (B, T) 1 where not a text token.
+    """
+    out = torch.full(special.shape, -1, dtype=torch.long)
+    for b, text in enumerate(texts):
+        char_word, w, inside = [], -1, False
+        for ch in text:
+            if ch.isspace():
+                inside = False
+                char_word.append(-1)
+            else:
+                w += 0 if inside else 1
+                inside = True
+                char_word.append(w)
+        for t, (start, end) in enumerate(offsets[b].tolist()):
+            if not special[b, t] and end > start and end <= len(char_word):
+                out[b, t] = char_word[end - 1]
+    return out
 
 
 def embed(model: nn.Module, enc: dict[str, torch.Tensor], spec: EncodeSpec) -> torch.Tensor:
     """(B, D) pooled, not normalised (the losses normalise)."""
     out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
     return pool(out.last_hidden_state, enc["attention_mask"], spec.pooling)
+
+
+def word_states(hidden: torch.Tensor, word_ids: torch.Tensor, attention_mask: torch.Tensor, max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token states -> one vector per whitespace word: the mean of the states of the word's tokens.
+
+    The words are the same for two tokenizers that share a normaliser and pre-tokenizer (a tokenizer
+    and its expansion): their vectors can be compared word by word even though the tokens differ.
+
+    Args:
+        hidden: (B, T, D) last hidden states.
+        word_ids: (B, T) word index per token, -1 for special tokens and padding.
+        attention_mask: (B, T), to tell a row cut at `max_length` (its last word may be incomplete).
+        max_length: the tokenizer's truncation length.
+
+    Returns:
+        (B, W, D) word vectors (zeros past a row's words) and (B,) the number of COMPLETE words per row.
+    """
+    B, T, _ = hidden.shape
+    n_words = (word_ids.max(dim=1).values + 1).clamp(min=0)  # (B,)
+    # A row that fills max_length was (or may have been) truncated: its last word may be cut.
+    n_complete = torch.where(attention_mask.sum(dim=1) >= max_length, (n_words - 1).clamp(min=0), n_words)
+    W = max(int(n_words.max()), 1)
+    assign = (word_ids.unsqueeze(1) == torch.arange(W, device=word_ids.device).view(1, W, 1)).to(hidden.dtype)  # (B, W, T)
+    vecs = assign @ hidden / assign.sum(dim=-1, keepdim=True).clamp(min=1.0)  # (B, W, D)
+    return vecs, n_complete
+
+
+def embed_words(model: nn.Module, enc: dict[str, torch.Tensor], spec: EncodeSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One forward: (B, D) pooled (as `embed`), (B, W, D) word vectors and (B,) complete words (`word_states`)."""
+    out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+    hidden = out.last_hidden_state
+    vecs, n = word_states(hidden, enc["word_ids"], enc["attention_mask"], spec.max_length)
+    return pool(hidden, enc["attention_mask"], spec.pooling), vecs, n

@@ -27,7 +27,7 @@ from koemb.errors import UserError
 from koemb.faults import fault, loss_fault
 from koemb.train.checkpoint import latest_for_stage, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from koemb.train.data import Source, TextBatch, collate, plan_batches, read_entry
-from koemb.train.encode import EncodeSpec, embed, tokenize
+from koemb.train.encode import EncodeSpec, embed, embed_words, tokenize
 from koemb.train.stage import SCHEDULES, StageConfig
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,27 @@ class Teacher:
             for t, e in zip(chunk, embed(self.model, enc, self.spec).float().cpu()):
                 self.cache[t] = e
         return torch.stack([self.cache[t] for t in texts]).to(device)  # (n, D)
+
+    @torch.no_grad()
+    def embed_words(self, texts: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(n, D) pooled (also cached for `embed`), (n, W, D) word vectors, (n,) complete words per text.
+
+        Word vectors are not cached (W x D per text); a word-level stage runs the teacher every step.
+        """
+        dev = next(self.model.parameters()).device
+        pooled, vecs, counts = [], [], []
+        for i in range(0, len(texts), self.batch_size):
+            chunk = texts[i : i + self.batch_size]
+            enc = {k: v.to(dev) for k, v in tokenize(self.tokenizer, chunk, self.spec, words=True).items()}
+            p, w, n = embed_words(self.model, enc, self.spec)
+            for t, e in zip(chunk, p.float().cpu()):
+                self.cache[t] = e
+            pooled.append(p.float())
+            vecs.append(w.float())
+            counts.append(n)
+        W = max(v.shape[1] for v in vecs)
+        padded = torch.cat([torch.nn.functional.pad(v, (0, 0, 0, W - v.shape[1])) for v in vecs])  # (n, W, D)
+        return torch.cat(pooled).to(device), padded.to(device), torch.cat(counts).to(device)
 
 
 class RunLogger:
@@ -199,9 +220,17 @@ def _micro_step(
     groups = batch.groups()
     # One tokenisation per role: chunks below are row slices of it, so GradCache sees the very
     # same padded inputs (Qwen3's positions shift with left padding) as the direct path.
-    encs = {r: {k: v.to(dev) for k, v in tokenize(tokenizer, texts, spec).items()} for r, texts in groups.items()}
+    words = stage.objective.word_level  # word-level distillation: word vectors beside the pooled ones
+    encs = {r: {k: v.to(dev) for k, v in tokenize(tokenizer, texts, spec, words=words).items()} for r, texts in groups.items()}
     n_tokens = int(sum(e["attention_mask"].sum() for e in encs.values()))
-    teacher_embs = {r: teacher.embed(texts, dev) for r, texts in groups.items()} if teacher is not None else None
+    teacher_embs: dict[str, torch.Tensor] | None = None
+    if teacher is not None and words:
+        teacher_embs = {}
+        for r, texts in groups.items():
+            p, w, n = teacher.embed_words(texts, dev)
+            teacher_embs.update({r: p, f"words:{r}": w, f"nwords:{r}": n})
+    elif teacher is not None:
+        teacher_embs = {r: teacher.embed(texts, dev) for r, texts in groups.items()}
     chunk = stage.grad_cache_chunk
 
     def maybe_no_sync(skip_sync: bool):
@@ -210,7 +239,13 @@ def _micro_step(
 
     if not chunk:
         with maybe_no_sync(not sync):
-            embs = {r: embed(module, e, spec) for r, e in encs.items()}
+            embs: dict[str, torch.Tensor] = {}
+            for r, e in encs.items():
+                if words:
+                    p, w, n = embed_words(module, e, spec)
+                    embs.update({r: p, f"words:{r}": w, f"nwords:{r}": n})
+                else:
+                    embs[r] = embed(module, e, spec)
             loss, parts = stage.objective.loss(embs, batch, teacher_embs)
             if inject is not None:  # KOEMB_FAULT=nan_loss:N: a real non-finite loss, gradients included
                 loss = loss * inject

@@ -101,6 +101,23 @@ def distill(
     return loss
 
 
+def word_distill(student: torch.Tensor, s_words: torch.Tensor, teacher: torch.Tensor, t_words: torch.Tensor) -> torch.Tensor:
+    """Word-level distillation: mean over the words both sides have of 1 - cos(student word, teacher word).
+
+    student: (B, Ws, D), teacher: (B, Wt, D) word vectors (`encode.word_states`; the teacher detached);
+    s_words, t_words: (B,) complete words per row. A pooled embedding gives one target per text; the
+    words give one per word, and they are where an expanded tokenizer differs (one token for a word
+    the base read as several).
+    """
+    if student.shape[0] != teacher.shape[0] or student.shape[-1] != teacher.shape[-1]:
+        raise ValueError(f"word_distill: expected (B, W, D) on both sides, got {tuple(student.shape)} and {tuple(teacher.shape)}")
+    W = min(student.shape[1], teacher.shape[1])
+    n = torch.minimum(s_words.to(student.device), t_words.to(student.device))  # (B,)
+    mask = (torch.arange(W, device=student.device).unsqueeze(0) < n.unsqueeze(1)).float()  # (B, W)
+    cos = F.cosine_similarity(student[:, :W].float(), teacher[:, :W].to(student.device).float(), dim=-1)  # (B, W)
+    return ((1.0 - cos) * mask).sum() / mask.sum().clamp(min=1.0)
+
+
 def _relational_kl(ss: torch.Tensor, tt: torch.Tensor, temperature: float) -> torch.Tensor:
     """ss, tt: (B, B) cosine matrices -> mean over rows of KL(softmax(tt_i/T) || softmax(ss_i/T)), i != j."""
     eye = torch.eye(ss.shape[0], dtype=torch.bool, device=ss.device)

@@ -24,9 +24,10 @@ from pydantic import Field, model_validator
 from koemb.config import StrictModel
 from koemb.errors import UserError
 from koemb.train.data import TextBatch
-from koemb.train.losses import cosent, distill, gathered_infonce, is_distributed, text_keys
+from koemb.train.losses import cosent, distill, gathered_infonce, is_distributed, text_keys, word_distill
 
-Embeddings = dict[str, torch.Tensor]  # role -> (n, D)
+Embeddings = dict[str, torch.Tensor]  # role -> (n, D); with word-level distillation also "words:<role>" -> (n, W, D) and "nwords:<role>" -> (n,)
+ROLES = ("query", "positive", "negative")
 
 
 class InfoNCE(StrictModel):
@@ -80,18 +81,28 @@ class Distill(StrictModel):
         "mse", description="mse: squared difference of the similarity matrices; kl: KL of their row softmaxes."
     )
     temperature: float = Field(0.05, gt=0, description="Softmax temperature of relational_kind: kl.")
+    words: float = Field(
+        0.0, ge=0,
+        description="Weight of a word-level term (0 = off): each whitespace word's mean token state, student vs teacher "
+        "(`losses.word_distill`). Not with grad_cache_chunk.",
+    )
 
     def reads(self, scored: bool) -> bool:
         return True
 
     def loss(self, embs: Embeddings, batch: TextBatch, teacher: Embeddings | None) -> torch.Tensor:
         assert teacher is not None, "the loop provides teacher embeddings when an objective needs them"
-        roles = [r for r in embs if r in teacher]
+        roles = [r for r in ROLES if r in embs and r in teacher]
         s = torch.cat([embs[r] for r in roles])  # (n, D)
         t = torch.cat([teacher[r] for r in roles]).to(s.device)  # (n, D), no grad
-        return distill(
+        loss = distill(
             s, t, kind=self.kind, relational=self.relational, relational_kind=self.relational_kind, temperature=self.temperature
         )
+        if self.words:
+            # Per role (each has its own word count W), then averaged.
+            per_role = [word_distill(embs[f"words:{r}"], embs[f"nwords:{r}"], teacher[f"words:{r}"], teacher[f"nwords:{r}"]) for r in roles]
+            loss = loss + self.words * torch.stack(per_role).mean()
+        return loss
 
 
 OBJECTIVES: dict[str, type[StrictModel]] = {"infonce": InfoNCE, "cosent": CoSENT, "distill": Distill}
@@ -126,6 +137,11 @@ class Objective(StrictModel):
     @property
     def needs_teacher(self) -> bool:
         return self.distill is not None
+
+    @property
+    def word_level(self) -> bool:
+        """Whether the loop must also give word vectors (student and teacher) to the objectives."""
+        return self.distill is not None and self.distill.words > 0
 
     def check_sources(self, sources: dict[str, bool]) -> None:
         """sources: name -> whether its pairs are scored. A source that no objective reads is an error."""

@@ -73,6 +73,13 @@ class StageConfig(StrictModel):
             raise ValueError("give exactly one of `steps` and `epochs`")
         return self
 
+    @model_validator(mode="after")
+    def _words_without_grad_cache(self) -> StageConfig:
+        # GradCache caches one pooled vector per text; the word-level term needs every word's vector.
+        if self.objective.word_level and self.grad_cache_chunk:
+            raise ValueError("objective.distill.words needs the direct path: remove grad_cache_chunk (or set words: 0)")
+        return self
+
     def total_steps(self, n_examples: int, world_size: int) -> int:
         if self.steps is not None:
             return self.steps

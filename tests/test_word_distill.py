@@ -1,0 +1,91 @@
+"""Word-level distillation: words from character offsets (the same for a tokenizer and its expansion),
+word vectors, the loss, and a stage that uses it (tiny Qwen3 student with added Korean words, the
+same tiny model on the BASE tokenizer as teacher)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from koemb.resources import KO_SAMPLE
+from koemb.train.encode import EncodeSpec, embed_words, read_spec, tokenize, word_states
+from koemb.train.loop import Teacher
+from koemb.train.losses import word_distill
+from tests.test_train import NEW_WORDS, run_stage, stage, tiny_expanded, write_data
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _texts(n: int = 12) -> list[str]:
+    lines = [l.strip() for l in KO_SAMPLE.read_text(encoding="utf-8").splitlines() if len(l.strip()) > 40]
+    return [f"query: {l[:90]}" for l in lines[:n]]
+
+
+def test_word_index_covers_each_word_for_a_tokenizer_and_its_expansion(qwen_dir):
+    base = AutoTokenizer.from_pretrained(str(qwen_dir))
+    expanded = AutoTokenizer.from_pretrained(str(qwen_dir))
+    expanded.add_tokens(NEW_WORDS)  # added tokens split words before the pre-tokenizer: word ids would differ
+    texts = _texts() + ["a  b\tc", "우리는 병원에 간다"]
+    spec = EncodeSpec("mean", "right", 512)
+    for tok in (base, expanded):
+        enc = tok(texts, padding=True, return_offsets_mapping=True)
+        ids = tokenize(tok, texts, spec, words=True)["word_ids"]
+        for b, text in enumerate(texts):
+            words = text.split()
+            assert int(ids[b].max()) + 1 == len(words)
+            for w, word in enumerate(words):
+                spans = [enc["offset_mapping"][b][t] for t in range(ids.shape[1]) if ids[b, t] == w]
+                # The word's tokens cover exactly the word (a leading-space token may start on the space).
+                assert text[min(s for s, _ in spans) : max(e for _, e in spans)].strip() == word
+    # ... although the two tokenise the text differently.
+    assert not torch.equal(tokenize(expanded, texts, spec)["input_ids"], tokenize(base, texts, spec)["input_ids"])
+
+
+def test_word_states_and_word_distill_by_hand():
+    hidden = torch.tensor([[[1.0, 0.0], [3.0, 0.0], [0.0, 2.0], [9.0, 9.0]]])  # (1, 4, 2)
+    word_ids = torch.tensor([[-1, 0, 0, 1]])  # a special token, word 0 in two tokens, word 1
+    vecs, n = word_states(hidden, word_ids, torch.ones(1, 4), max_length=8)
+    assert torch.allclose(vecs, torch.tensor([[[1.5, 1.0], [9.0, 9.0]]])) and n.tolist() == [2]
+    # A row that fills max_length may end inside a word: its last word does not count.
+    assert word_states(hidden, word_ids, torch.ones(1, 4), max_length=4)[1].tolist() == [1]
+
+    s = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]]])  # (1, 3, 2)
+    t = torch.tensor([[[1.0, 0.0], [1.0, 1.0]]])  # (1, 2, 2)
+    # Words both sides have: min(3 complete, 2) = 2 -> mean of (1 - 1) and (1 - cos 45°).
+    expected = (0.0 + (1 - 2**-0.5)) / 2
+    assert word_distill(s, torch.tensor([3]), t, torch.tensor([2])).item() == pytest.approx(expected, abs=1e-6)
+    # Counts limit the comparison: only word 0 -> 0.
+    assert word_distill(s, torch.tensor([1]), t, torch.tensor([2])).item() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="word_distill"):
+        word_distill(s, torch.tensor([1]), torch.zeros(2, 2, 2), torch.tensor([1, 1]))
+
+
+def test_a_word_level_stage_trains_the_new_rows_towards_the_teacher(tmp_path, qwen_dir):
+    tiny = tiny_expanded(tmp_path / "tiny", qwen_dir)
+    pairs, _ = write_data(tmp_path)
+    spec = read_spec(tiny, 48)
+    base_tok = AutoTokenizer.from_pretrained(str(qwen_dir))
+    teacher = Teacher(AutoModel.from_pretrained(str(tiny), dtype=torch.float32).eval().requires_grad_(False), base_tok, spec)
+    student_tok = AutoTokenizer.from_pretrained(str(tiny))
+    texts = [l for l in _texts(16) if any(w in l for w in NEW_WORDS)]
+    assert texts, "the Korean sample has the added words"
+
+    def word_loss(model) -> float:
+        with torch.no_grad():
+            tp, tw, tn = teacher.embed_words(texts, torch.device("cpu"))
+            _, sw, sn = embed_words(model, tokenize(student_tok, texts, spec, words=True), spec)
+        return word_distill(sw, sn, tw, tn).item()
+
+    before = word_loss(AutoModel.from_pretrained(str(tiny), dtype=torch.float32))
+    cfg = stage([pairs], steps=12, lr=3e-2, objective={"distill": {"words": 1.0}})
+    model, _ = run_stage(tiny, cfg, tmp_path / "ckpt", teacher=teacher)
+    after = word_loss(model)
+    assert after < before
+    records = [json.loads(l) for l in (tmp_path / "logs" / "train.jsonl").read_text().splitlines()]
+    assert all("loss_distill" in r for r in records if "step" in r)
+
+    with pytest.raises(ValueError, match="objective.distill.words needs the direct path"):
+        stage([pairs], grad_cache_chunk=2, objective={"distill": {"words": 1.0}})
