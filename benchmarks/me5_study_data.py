@@ -15,6 +15,10 @@ Writes
                                   packed into 250-800-character passages, one sentence taken out as the `query: `,
                                   the rest the `passage: `. The pair sets have few passages (KorQuAD's are
                                   ~500-700 characters); these teach reading one.
+    OUT/e5/chunks.jsonl           EVERY unlabeled text (the donor's whole corpus, not texts.jsonl's sample), cut into
+                                  sentence-packed chunks of at most 200 characters (within a new-row stage's 128
+                                  tokens), shuffled, as {query, positive} like texts.jsonl: the pool a stage's
+                                  `cover_new_tokens` picks from so that the rare new tokens get trained too.
     OUT/eval/stsb-en-dev.jsonl    the English STS-B dev set as {sentence1, sentence2, score}, for the
                                   "no worse at English" check (STS-B's csv has no header row).
 """
@@ -66,12 +70,19 @@ def main() -> None:
     for f in sorted((train / "unlabeled").glob("*.jsonl")):
         with f.open(encoding="utf-8") as src:
             texts.extend(json.loads(line)["text"] for line in src)
+    texts_all = list(texts)
     random.Random(0).shuffle(texts)
     texts = texts[: args.texts]
     with (out / "e5" / "texts.jsonl").open("w", encoding="utf-8") as dst:
         for t in texts:
             dst.write(json.dumps({"query": Q + t, "positive": P + t}, ensure_ascii=False) + "\n")
     print(f"texts {len(texts)}")
+
+    with (out / "e5" / "chunks.jsonl").open("w", encoding="utf-8") as dst:
+        pieces = chunks(texts_all, 200)
+        for c in pieces:
+            dst.write(json.dumps({"query": Q + c, "positive": P + c}, ensure_ascii=False) + "\n")
+    print(f"chunks {len(pieces)}")
 
     pairs = ict_pairs(train / "unlabeled", args.passages)
     with (out / "e5" / "passages.jsonl").open("w", encoding="utf-8") as dst:
@@ -87,6 +98,31 @@ def main() -> None:
             dst.write(json.dumps({"sentence1": row[5], "sentence2": row[6], "score": float(row[4])}) + "\n")
             n += 1
     print(f"stsb-en-dev {n}")
+
+
+def chunks(texts: list[str], hi: int) -> list[str]:
+    """Each text cut into runs of whole sentences of at most `hi` characters (a longer sentence is cut at
+    `hi`); the result shuffled (seed 2). Deterministic."""
+    out: list[str] = []
+    for text in texts:
+        cur = ""
+        for sent in _SENTENCE.split(text.strip()):
+            while len(sent) > hi:
+                if cur:
+                    out.append(cur)
+                    cur = ""
+                out.append(sent[:hi])
+                sent = sent[hi:].strip()
+            if not sent:
+                continue
+            if cur and len(cur) + 1 + len(sent) > hi:
+                out.append(cur)
+                cur = ""
+            cur = f"{cur} {sent}" if cur else sent
+        if cur:
+            out.append(cur)
+    random.Random(2).shuffle(out)
+    return out
 
 
 def ict_pairs(unlabeled: Path, limit: int, lo: int = 250, hi: int = 800) -> list[tuple[str, str]]:

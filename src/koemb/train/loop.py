@@ -26,7 +26,7 @@ from torch import nn
 from koemb.errors import UserError
 from koemb.faults import fault, loss_fault
 from koemb.train.checkpoint import latest_for_stage, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from koemb.train.data import Source, TextBatch, collate, plan_batches, read_entry
+from koemb.train.data import Source, TextBatch, collate, cover_new_tokens, plan_batches, read_entry
 from koemb.train.encode import EncodeSpec, embed, embed_words, tokenize
 from koemb.train.stage import SCHEDULES, StageConfig
 
@@ -173,8 +173,23 @@ def source_names(sources: list[Source]) -> list[str]:
     return stems if len(set(stems)) == len(stems) else [s.path for s in sources]
 
 
-def load_sources(stage: StageConfig) -> list[Source]:
-    return [Source(d.label, d.weight, read_entry(d)) for d in stage.data]
+def load_sources(stage: StageConfig, tokenizer: Any = None, first_new_id: int | None = None, max_length: int | None = None) -> list[Source]:
+    """The stage's sources; an entry with `cover_new_tokens` keeps the examples that cover the new tokens."""
+    out = []
+    for d in stage.data:
+        examples = read_entry(d)
+        if d.cover_new_tokens:
+            if first_new_id is None or tokenizer is None:
+                raise UserError(f"{d.label}: cover_new_tokens needs an expanded model (its expansion.json names the new ids)")
+            examples, stats = cover_new_tokens(examples, tokenizer, first_new_id, d.cover_new_tokens, max_length or stage.max_length)
+            log.info(
+                "%s: kept %d of %d examples; %d of the %d new tokens in it seen >= %d times", d.label, stats["kept"],
+                stats["examples"], stats["covered"], stats["new_tokens_present"], d.cover_new_tokens,
+            )
+            if not examples:
+                raise UserError(f"{d.label}: cover_new_tokens kept no example (no new token in this source)")
+        out.append(Source(d.label, d.weight, examples))
+    return out
 
 
 def _slice(enc: dict[str, torch.Tensor], a: int, b: int) -> dict[str, torch.Tensor]:
@@ -308,7 +323,7 @@ def train_stage(
     params = list(prepared.trainable().values())
     optimizer = torch.optim.AdamW(prepared.param_groups(stage.lr), lr=stage.lr, weight_decay=stage.weight_decay)
 
-    sources = sources if sources is not None else load_sources(stage)
+    sources = sources if sources is not None else load_sources(stage, tokenizer, first_new_id, spec.max_length)
     stage.objective.check_sources({s.path: s.examples[0].score is not None for s in sources})
     world, rank = accelerator.num_processes, accelerator.process_index
     total = stage.total_steps(sum(len(s.examples) for s in sources), world)

@@ -24,6 +24,11 @@ class DataEntry(StrictModel):
     hub: HubSource | None = Field(None, description="A Hugging Face data set (online only), as in `koemb data build-train`.")
     weight: float = Field(1.0, gt=0, description="Relative share of micro-batches drawn from this source.")
     limit: int | None = Field(None, gt=0, description="Read at most this many examples.")
+    cover_new_tokens: int | None = Field(
+        None, gt=0,
+        description="Keep only the examples that bring a new token seen fewer than this many times in those kept "
+        "(one pass in file order): every new row gets gradients, not only the frequent ones. Needs an expanded model.",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> DataEntry:

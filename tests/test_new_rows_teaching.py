@@ -1,6 +1,7 @@
-"""Word-level distillation: words from character offsets (the same for a tokenizer and its expansion),
-word vectors, the loss, and a stage that uses it (tiny Qwen3 student with added Korean words, the
-same tiny model on the BASE tokenizer as teacher)."""
+"""Teaching new rows: word-level distillation (words from character offsets, the same for a tokenizer
+and its expansion; word vectors; the loss; a stage that uses it: tiny Qwen3 student with added Korean
+words, the same tiny model on the BASE tokenizer as teacher) and `cover_new_tokens` (data that holds
+every new token, not only the frequent ones)."""
 
 from __future__ import annotations
 
@@ -89,3 +90,43 @@ def test_a_word_level_stage_trains_the_new_rows_towards_the_teacher(tmp_path, qw
 
     with pytest.raises(ValueError, match="objective.distill.words needs the direct path"):
         stage([pairs], grad_cache_chunk=2, objective={"distill": {"words": 1.0}})
+
+
+def test_cover_new_tokens_keeps_the_examples_that_bring_under_seen_new_tokens(tmp_path, qwen_dir):
+    from collections import Counter
+
+    from koemb.errors import UserError
+    from koemb.train.data import Example, cover_new_tokens
+    from koemb.train.loop import load_sources
+
+    tiny = tiny_expanded(tmp_path / "tiny", qwen_dir)
+    tok = AutoTokenizer.from_pretrained(str(tiny))
+    first_new = len(AutoTokenizer.from_pretrained(str(qwen_dir)))
+    lines = [l.strip() for l in KO_SAMPLE.read_text(encoding="utf-8").splitlines() if l.strip()]
+    examples = [Example(text=l) for l in lines] + [Example(query="영어 only: hello", positive="world")]
+
+    def new_counts(exs):
+        c = Counter()
+        for e in exs:
+            texts = [e.text] if e.text is not None else [e.query, e.positive]
+            for row in tok(texts, truncation=True, max_length=64)["input_ids"]:
+                c.update(t for t in row if t >= first_new)
+        return c
+
+    everywhere = new_counts(examples)
+    assert len(everywhere) >= 4, "the sample holds several of the added words"
+    kept, stats = cover_new_tokens(examples, tok, first_new, 2, 64)
+    got = new_counts(kept)
+    assert all(got[t] >= min(2, n) for t, n in everywhere.items())  # each new token as often as asked (or as it exists)
+    assert 0 < len(kept) < sum(1 for e in examples if new_counts([e]))  # ... from fewer examples than hold one
+    assert all(new_counts([e]) for e in kept)  # an example without a new token is never kept
+    assert stats == {"examples": len(examples), "kept": len(kept), "new_tokens_present": len(everywhere),
+                     "covered": sum(1 for n in got.values() if n >= 2)}
+
+    data = tmp_path / "text.jsonl"
+    data.write_text("\n".join(json.dumps({"text": l}, ensure_ascii=False) for l in lines) + "\n", encoding="utf-8")
+    cfg = stage([data], objective={"distill": {}})
+    cfg.data[0].cover_new_tokens = 2
+    assert len(load_sources(cfg, tok, first_new, 64)[0].examples) == len(cover_new_tokens(examples[:-1], tok, first_new, 2, 64)[0])
+    with pytest.raises(UserError, match=r"text\.jsonl: cover_new_tokens needs an expanded model"):
+        load_sources(cfg)
