@@ -130,3 +130,12 @@ def test_cover_new_tokens_keeps_the_examples_that_bring_under_seen_new_tokens(tm
     assert len(load_sources(cfg, tok, first_new, 64)[0].examples) == len(cover_new_tokens(examples[:-1], tok, first_new, 2, 64)[0])
     with pytest.raises(UserError, match=r"text\.jsonl: cover_new_tokens needs an expanded model"):
         load_sources(cfg)
+
+
+def test_cover_new_tokens_is_refused_on_the_tokenizer_corpus():
+    from koemb.config import validate_model
+    from koemb.errors import UserError
+    from koemb.train.pipeline import TokenizerConfig
+
+    with pytest.raises(UserError, match=r"corpus\.0\.cover_new_tokens: only a stage's data"):
+        validate_model(TokenizerConfig, {"donor": "d", "corpus": [{"path": "a.jsonl", "cover_new_tokens": 2}]}, "cfg.yaml")

@@ -69,6 +69,9 @@ class TokenizerConfig(StrictModel):
             raise ValueError("give either `donor` or `train_donor_vocab_size`, not both")
         if self.train_donor_vocab_size is not None and not self.corpus:
             raise ValueError("`train_donor_vocab_size` needs a `corpus` to train the donor on")
+        for i, entry in enumerate(self.corpus):
+            if entry.cover_new_tokens is not None:
+                raise ValueError(f"corpus.{i}.cover_new_tokens: only a stage's data can select by new tokens (the corpus makes them)")
         return self
 
 
