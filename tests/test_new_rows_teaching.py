@@ -76,7 +76,7 @@ def test_a_word_level_stage_trains_the_new_rows_towards_the_teacher(tmp_path, qw
 
     def word_loss(model) -> float:
         with torch.no_grad():
-            tp, tw, tn = teacher.embed_words(texts, torch.device("cpu"))
+            _, tw, tn = teacher.embed_words(texts, torch.device("cpu"))
             _, sw, sn = embed_words(model, tokenize(student_tok, texts, spec, words=True), spec)
         return word_distill(sw, sn, tw, tn).item()
 

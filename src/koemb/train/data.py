@@ -96,7 +96,8 @@ def cover_new_tokens(
     Why: a new row gets a gradient only from a batch that holds its token. Drawn by weight, a corpus gives
     its frequent tokens hundreds of updates and leaves the rare half of a 20,000-row expansion where the
     init put it (measured on the e5 study: rows seen < 5 times in the stage data moved 0.03-0.2 in norm,
-    rows seen 20-1000 times 1.6-1.9). Returns (kept examples, counts for the log).
+    rows seen 20-1000 times 1.6-1.9; training them all did not improve that study's retrieval, see
+    docs/results.md, session 5). Returns (kept examples, counts for the log).
     """
     counts: Counter[int] = Counter()
     kept: list[Example] = []

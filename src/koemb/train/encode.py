@@ -96,7 +96,6 @@ def word_states(hidden: torch.Tensor, word_ids: torch.Tensor, attention_mask: to
     Returns:
         (B, W, D) word vectors (zeros past a row's words) and (B,) the number of COMPLETE words per row.
     """
-    B, T, _ = hidden.shape
     n_words = (word_ids.max(dim=1).values + 1).clamp(min=0)  # (B,)
     # A row that fills max_length was (or may have been) truncated: its last word may be cut.
     n_complete = torch.where(attention_mask.sum(dim=1) >= max_length, (n_words - 1).clamp(min=0), n_words)
