@@ -1,4 +1,4 @@
-"""benchmarks/me5_study_data.py's inverse-cloze passages, on real Korean text from ../shared."""
+"""benchmarks/me5_study_data.py's inverse-cloze passages and chunks, on real Korean text from ../shared."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from me5_study_data import ict_pairs
+from me5_study_data import chunks, ict_pairs
 
 
 def test_ict_pairs_take_one_sentence_out_of_a_passage(tmp_path, ko_data):
@@ -29,3 +29,13 @@ def test_ict_pairs_take_one_sentence_out_of_a_passage(tmp_path, ko_data):
         assert 250 - len(q) - 5 <= len(p) <= 800 + p.count(" ")
     assert ict_pairs(unlabeled, 10_000) == pairs  # seeded
     assert ict_pairs(unlabeled, 5) == pairs[:5]
+
+
+def test_chunks_keep_every_character_within_the_bound(ko_data):
+    texts = [l.strip() for l in (ko_data / "boddari" / "unesco_report.txt").read_text(encoding="utf-8").splitlines()[:200] if l.strip()]
+    out = chunks(texts, 200)
+    assert all(0 < len(c) <= 200 for c in out)
+    assert len(out) > len(texts)  # long paragraphs are cut
+    # Nothing lost or invented: the same non-space characters, only re-cut (and shuffled).
+    assert sorted("".join(out).replace(" ", "")) == sorted("".join(texts).replace(" ", ""))
+    assert chunks(texts, 200) == out  # seeded
