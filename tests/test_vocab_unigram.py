@@ -10,6 +10,8 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from koemb.data.ko_sources import unlabeled_texts
+from koemb.vocab.canonical import CanonicalVocab
+from koemb.vocab.diff import DiffFilters, particle_split
 from koemb.vocab.donor import train_donor
 from koemb.vocab.expand import ExpansionSettings, expand_tokenizer
 from koemb.vocab.io import load_tokenizer
@@ -103,3 +105,42 @@ def test_wordpiece_expansion(tmp_path, ko_docs):
     other = stdlib_text_lines(200_000)
     assert n(other)["input_ids"] == b(other)["input_ids"]
     assert res.info["used_on_corpus"] > 0.9
+
+
+def test_particle_split_rule():
+    words = {" 정부", " 학교", " 사", " 주"}
+    assert particle_split(" 정부의", words) == (" 정부", "의")
+    assert particle_split(" 학교에서", words) == (" 학교", "에서")
+    # A 1-syllable "word" plus a particle-looking syllable is a noun of its own (사과, 주도): kept.
+    assert particle_split(" 사과", words) is None and particle_split(" 주도", words) is None
+    # The word must be known, or dropping the merge would not leave it as one piece.
+    assert particle_split(" 혐의로", words) is None
+    assert particle_split(" 정부", words) is None
+
+
+def test_split_particles_drops_word_plus_particle_merges(unigram_base, ko_docs, expanded, tmp_path):
+    """With `split_particles`, no new piece is a known word + particle; such a word mostly encodes as word + particle."""
+    base = load_tokenizer(unigram_base)
+    donor = expanded.info["donor"]
+    settings = ExpansionSettings(max_new_tokens=2000, filters=DiffFilters(split_particles=True))
+    res = expand_tokenizer(base, tmp_path / "tok", donor=donor, docs=ko_docs, settings=settings)
+    assert res.info["diff"]["rejected_particle"] > 20
+    plain = {t["text"] for t in expanded.info["tokens"]}
+    kept = {t["text"] for t in res.info["tokens"]}
+    words = set(CanonicalVocab.of(base.backend).by_text) | plain
+    dropped = [t for t in plain - kept if particle_split(t, words)]
+    assert len(dropped) > 20
+    assert not any(particle_split(t, words | kept) for t in kept)
+    # A dropped merge now encodes as its word's piece + the particle's piece(s), never as one new row.
+    new = AutoTokenizer.from_pretrained(str(res.out_dir))
+    first = res.info["first_new_id"]
+    checked = leads = 0
+    for text in sorted(t for t in dropped if t.startswith(" ")):  # word-start: encoding the bare word reproduces it
+        word, _ = particle_split(text, words)
+        pieces = new.convert_ids_to_tokens(new(text.strip(), add_special_tokens=False)["input_ids"])
+        assert len(pieces) >= 2
+        if word in kept:  # the word got its own new row: it usually leads the segmentation
+            checked += 1
+            leads += pieces[0].replace("\u2581", " ") == word and new.convert_tokens_to_ids(pieces[0]) >= first
+    # Unigram picks the best-scoring segmentation, so a few (' 있다는' -> ' 있' + '다는') split elsewhere.
+    assert checked > 20 and leads >= 0.8 * checked, (leads, checked)

@@ -17,6 +17,8 @@ app.add_typer(vocab_app, name="vocab")
 console = Console()
 
 CORPUS_HELP = "Corpus file(s): .txt (a document per line) or .jsonl with a 'text' field, optionally .gz; or builtin:ko-sample."
+SPLIT_PARTICLES_HELP = ("Drop donor tokens that are a known word plus a Korean particle (' 정부의' = ' 정부' + '의'), "
+                        "so the word keeps one row in every case form.")
 
 
 @vocab_app.command("train-donor")
@@ -47,6 +49,7 @@ def diff_cmd(
     no_leading_space: bool = typer.Option(False, "--no-leading-space", help="Reject tokens that start with a word-start space."),
     min_frequency: int = typer.Option(0, "--min-frequency", help="Keep donor tokens seen at least N times on the corpus."),
     max_count: Optional[int] = typer.Option(None, "--max-count", help="Keep at most N tokens, most frequent first."),
+    split_particles: bool = typer.Option(False, "--split-particles", help=SPLIT_PARTICLES_HELP),
     out: Optional[Path] = typer.Option(None, "--out", help="Write statistics and candidates as JSON here."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
 ) -> None:
@@ -55,7 +58,8 @@ def diff_cmd(
     from koemb.vocab.diff import DiffFilters, vocab_diff
     from koemb.vocab.io import load_tokenizer
 
-    kw = {"leading_space": not no_leading_space, "min_frequency": min_frequency, "max_count": max_count}
+    kw = {"leading_space": not no_leading_space, "min_frequency": min_frequency, "max_count": max_count,
+          "split_particles": split_particles}
     if chars:
         kw["chars"] = chars
     filters = DiffFilters(**kw)
@@ -111,6 +115,7 @@ def expand_cmd(
     min_frequency: int = typer.Option(2, "--min-frequency", help="Minimum corpus count of a new merge / donor token."),
     max_new_tokens: int = typer.Option(40_000, "--max-new-tokens", help="Cap on added rows, intermediates included."),
     chars: Optional[str] = typer.Option(None, "--chars", help="Regex character class for donor tokens (default: Hangul syllables)."),
+    split_particles: bool = typer.Option(False, "--split-particles", help=SPLIT_PARTICLES_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
 ) -> None:
@@ -120,7 +125,8 @@ def expand_cmd(
     from koemb.vocab.expand import ExpansionSettings, expand_tokenizer
     from koemb.config import validate_model
 
-    filters = {"chars": chars} if chars else {}
+    filters: dict = {"chars": chars} if chars else {}
+    filters["split_particles"] = split_particles
     settings = validate_model(
         ExpansionSettings,
         {"method": method, "min_frequency": min_frequency, "max_new_tokens": max_new_tokens, "filters": DiffFilters(**filters)},

@@ -23,6 +23,34 @@ class DiffFilters(StrictModel):
     leading_space: bool = Field(True, description="Allow one word-start space before the characters.")
     min_frequency: int = Field(0, ge=0, description="Keep tokens the donor emits at least this often on the corpus (needs a corpus).")
     max_count: int | None = Field(None, ge=1, description="Keep at most this many, most frequent first.")
+    split_particles: bool = Field(
+        False,
+        description="Korean: drop a candidate that is a word of 2+ syllables plus a trailing particle (josa), e.g. ' 정부의' = "
+        "' 정부' + '의', when that word is in the base or among the candidates. Such merges give '정부의' and '정부는' "
+        "unrelated rows and hide the shared word from query-passage matching.",
+    )
+
+
+# Korean case, topic and auxiliary particles (josa); two-syllable ones first.
+KOREAN_PARTICLES = (
+    "에서", "에게", "으로", "까지", "부터", "처럼", "보다", "에는", "에도", "와", "과",
+    "은", "는", "이", "가", "을", "를", "의", "에", "로", "도", "만",
+)
+
+
+def particle_split(text: str, words: set[str]) -> tuple[str, str] | None:
+    """`(word, particle)` if `text` is a known word of 2+ syllables plus a particle, else None.
+
+    The word must be known (in `words`, canonical texts) so that dropping the merge leaves a
+    segmentation that still has the word as one piece; a 2-syllable minimum keeps nouns such as
+    ' 사과' (' 사' + '과') or ' 주도' (' 주' + '도'), which only look like a word plus a particle.
+    """
+    for p in KOREAN_PARTICLES:
+        if text.endswith(p):
+            word = text[: -len(p)]
+            if len(word.lstrip(" ")) >= 2 and word in words:
+                return word, p
+    return None
 
 
 @dataclass
@@ -97,6 +125,11 @@ def vocab_diff(base: LoadedTokenizer, donor: LoadedTokenizer, docs: list[str] | 
             stats["rejected_min_frequency"] += 1
             continue
         cands.append(Candidate(text, idx, f))
+    if filters.split_particles:
+        words = set(base_vocab.by_text) | {c.text for c in cands}
+        kept = [c for c in cands if particle_split(c.text, words) is None]
+        stats["rejected_particle"] = len(cands) - len(kept)
+        cands = kept
     # Most frequent first; without a corpus the donor's id order (BPE merge rank) is the proxy.
     cands.sort(key=lambda c: (-c.frequency, c.donor_id))
     if filters.max_count is not None and len(cands) > filters.max_count:
@@ -111,7 +144,7 @@ def vocab_diff(base: LoadedTokenizer, donor: LoadedTokenizer, docs: list[str] | 
         "corpus_documents": len(docs) if docs else 0,
         **{k: stats.get(k, 0) for k in (
             "donor_tokens", "in_base", "not_in_base", "duplicate_canonical", "rejected_special", "rejected_incomplete_utf8",
-            "rejected_control", "rejected_chars", "rejected_min_frequency", "rejected_max_count",
+            "rejected_control", "rejected_chars", "rejected_min_frequency", "rejected_particle", "rejected_max_count",
         )},
         "candidates": len(cands),
     }
