@@ -15,7 +15,9 @@ from transformers import AutoTokenizer
 
 from koemb.data.ko_sources import unlabeled_texts
 from koemb.errors import UserError
-from koemb.vocab.canonical import CanonicalVocab
+from koemb.vocab.bpe_extend import complete_core
+from koemb.vocab.canonical import CanonicalVocab, bl_to_bytes
+from koemb.vocab.diff import DiffFilters, particle_split
 from koemb.vocab.donor import train_donor
 from koemb.vocab.expand import ExpansionSettings, expand_tokenizer
 from koemb.vocab.io import load_tokenizer
@@ -196,3 +198,27 @@ def test_existing_output_is_refused(base, donor_dir, ko_docs, tmp_path):
     with pytest.raises(UserError, match="--overwrite"):
         expand_tokenizer(base, tmp_path, donor=str(donor_dir / "tokenizer.json"), docs=ko_docs[:100])
     assert (tmp_path / "keep.txt").read_text() == "precious"
+
+
+def test_bpe_split_particles(base, expanded, ko_docs, ko_data, tmp_path):
+    """`split_particles` on byte-level BPE: merges that glue a particle onto a known word are skipped."""
+    settings = ExpansionSettings(max_new_tokens=3000, filters=DiffFilters(split_particles=True))
+    res = expand_tokenizer(base, tmp_path / "tok", docs=ko_docs, settings=settings)
+    assert res.info["method"] == "bpe-continue" and res.info["rejected_particle_merges"] > 50
+
+    base_texts = {complete_core(bl_to_bytes(t)) for t in base.backend.get_vocab(with_added_tokens=False)}
+
+    def particle_merges(info) -> list[str]:
+        texts = [t["text"] for t in info["tokens"]]
+        known = base_texts | set(texts)
+        return [t for t in texts if particle_split(t, known)]
+
+    plain, split = particle_merges(expanded.info), particle_merges(res.info)
+    assert len(plain) > 100
+    # Left: merges made before their word became a token (checked at merge time): 11 of 214 here.
+    assert len(split) < 0.1 * len(plain), split[:20]
+    held = unlabeled_texts(ko_data, ["book_reviews"])[:200]
+    new = load_tokenizer(res.out_dir)
+    n_base = sum(len(e.ids) for e in base.backend.encode_batch(held, add_special_tokens=False))
+    n_new = sum(len(e.ids) for e in new.backend.encode_batch(held, add_special_tokens=False))
+    assert n_new < 0.85 * n_base

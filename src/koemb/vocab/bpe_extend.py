@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from tokenizers import Tokenizer
 
 from koemb.vocab.canonical import HANGUL_SYLLABLES, bl_to_bytes
+from koemb.vocab.diff import particle_split
 
 _HANGUL_RE = re.compile(f"[{HANGUL_SYLLABLES}]")
 
@@ -91,6 +92,14 @@ def complete_core(data: bytes) -> str:
     return data.decode("utf-8", errors="ignore")
 
 
+def _text_of(token: str) -> str:
+    """A byte-level vocab string's complete characters ('' for an added token outside the byte alphabet)."""
+    try:
+        return complete_core(bl_to_bytes(token))
+    except KeyError:
+        return ""
+
+
 @dataclass
 class BpeExtension:
     new_tokens: list[str]  # byte-level vocab strings, in id order
@@ -99,6 +108,7 @@ class BpeExtension:
     word_tokens: int  # their total count
     stop_reason: str
     usage: dict[str, int] = field(default_factory=dict)  # new token -> times emitted on the training corpus
+    rejected_particle: int = 0  # merges skipped by `split_particles`
 
 
 def hangul_word_counts(tok: Tokenizer, docs: Iterable[str]) -> Counter[str]:
@@ -128,12 +138,15 @@ def extend_bpe(
     min_frequency: int = 2,
     allowed_text: Callable[[str], bool] | None = None,
     progress: Callable[[int], None] | None = None,
+    split_particles: bool = False,
 ) -> BpeExtension:
     """Learn up to `max_new_rows` new tokens as appended merges over the base segmentation.
 
     `allowed_text(core)` optionally restricts merges by the complete characters of the result
-    (e.g. to substrings of donor tokens). Ties in pair counts break on the pair's strings, so
-    the result is deterministic.
+    (e.g. to substrings of donor tokens). `split_particles` skips a merge whose text is a token's
+    word (2+ syllables) plus a Korean particle (see `diff.particle_split`), checked when the merge
+    would be made, against the base's tokens and the merges made so far. Ties in pair counts break
+    on the pair's strings, so the result is deterministic.
     """
     vocab = tok.get_vocab(with_added_tokens=True)
     model = tok.model
@@ -194,6 +207,9 @@ def extend_bpe(
     new_tokens: list[str] = []
     merges: list[tuple[str, str]] = []
     stop = "no more allowed pairs"
+    # Complete texts of every token: the known words a particle merge is checked against.
+    known = {_text_of(t) for t in vocab} if split_particles else set()
+    rejected_particle = 0
     while heap:
         if len(new_tokens) >= max_new_rows:
             stop = f"reached max_new_rows={max_new_rows}"
@@ -205,6 +221,15 @@ def extend_bpe(
         if -negc < min_frequency:
             stop = f"best remaining pair seen {-negc} < min_frequency={min_frequency} times"
             break
+        if split_particles:
+            core = complete_core(tbytes(a) + tbytes(b))
+            if particle_split(core, known) is not None:
+                allowed_cache[p] = False  # never counted again
+                pair_count.pop(p, None)
+                where.pop(p, None)
+                rejected_particle += 1
+                continue
+            known.add(core)
         merged = intern(sa + sb)
         new_tokens.append(sa + sb)
         merges.append((sa, sb))
@@ -250,4 +275,4 @@ def extend_bpe(
             s = id2str[t]
             if s in new_set:
                 usage[s] += c
-    return BpeExtension(new_tokens, merges, len(words), sum(counts), stop, dict(usage))
+    return BpeExtension(new_tokens, merges, len(words), sum(counts), stop, dict(usage), rejected_particle)

@@ -108,7 +108,8 @@ def _bpe(ctx: Context, restrict_to_donor: bool) -> MethodOutput:
     counts = hangul_word_counts(ctx.base.backend, ctx.docs)
     if not counts:
         raise UserError("the corpus has no Hangul words to learn merges from")
-    ext = extend_bpe(ctx.base.backend, counts, ctx.settings.max_new_tokens, ctx.settings.min_frequency, allowed)
+    ext = extend_bpe(ctx.base.backend, counts, ctx.settings.max_new_tokens, ctx.settings.min_frequency, allowed,
+                     split_particles=ctx.settings.filters.split_particles)
     vocab = tok_json["model"]["vocab"]
     next_id = len(ctx.base)
     texts, kinds = [], []
@@ -119,7 +120,8 @@ def _bpe(ctx: Context, restrict_to_donor: bool) -> MethodOutput:
         texts.append(text)
         kinds.append("target" if text in targets else ("intermediate" if restrict_to_donor else "learned"))
     tok_json["model"]["merges"].extend([a, b] for a, b in ext.merges)
-    info = {"words": ext.word_types, "word_occurrences": ext.word_tokens, "stop_reason": ext.stop_reason}
+    info = {"words": ext.word_types, "word_occurrences": ext.word_tokens, "stop_reason": ext.stop_reason,
+            "rejected_particle_merges": ext.rejected_particle}
     return MethodOutput(tok_json, texts, kinds, info)
 
 
