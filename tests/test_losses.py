@@ -119,6 +119,30 @@ def test_distill_gradient_reaches_only_the_student():
     assert s.grad is not None and s.grad.abs().sum() > 0
 
 
+def test_distill_center_compares_what_differs_between_texts():
+    """In a narrow cone the plain cosine barely sees a student that swaps the texts' specifics; centred it does."""
+    g = torch.Generator().manual_seed(0)
+    cone = torch.zeros(8, 64)
+    cone[:, 0] = 1.0  # the direction every text shares
+    spec_t, spec_s = torch.randn(8, 64, generator=g), torch.randn(8, 64, generator=g)
+    spec_t[:, 0] = spec_s[:, 0] = 0.0
+    t = cone + 0.05 * spec_t  # cosines between texts ~0.9, like e5's
+    s = cone + 0.05 * spec_s  # same cone, unrelated specifics
+    plain, centred = distill(s, t).item(), distill(s, t, center=True).item()
+    assert plain < 0.2 and centred > 0.8
+    # By hand: 1 - cos after subtracting the teacher's mean of the normalised rows from both sides.
+    tn, sn = F.normalize(t, dim=-1), F.normalize(s, dim=-1)
+    mu = tn.mean(0, keepdim=True)
+    want = (1 - F.cosine_similarity(sn - mu, tn - mu, dim=-1)).mean().item()
+    assert centred == pytest.approx(want, rel=1e-5)
+    # A perfect student stays at 0, and a shared offset the teacher does not have is not free.
+    assert distill(t, t, center=True, relational=1.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert distill(t + 0.05 * spec_s.mean(0), t, center=True).item() > 1e-3
+    s_req = s.clone().requires_grad_(True)
+    distill(s_req, t, center=True, relational=1.0).backward()
+    assert s_req.grad is not None and s_req.grad.abs().sum() > 0
+
+
 def test_text_keys_equal_for_equal_texts():
     k = text_keys(["안녕", "hello", "안녕"])
     assert k[0] == k[2] and k[0] != k[1]

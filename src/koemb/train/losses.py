@@ -77,6 +77,7 @@ def distill(
     relational: float = 0.0,
     relational_kind: Literal["mse", "kl"] = "mse",
     temperature: float = 0.05,
+    center: bool = False,
 ) -> torch.Tensor:
     """Match the student's pooled embeddings to the teacher's.
 
@@ -90,11 +91,19 @@ def distill(
       kl: per row, KL(teacher || student) of the softmax over the OTHER texts at `temperature`: which
         text is nearest, and by how much, is what retrieval reads, and the temperature stretches the
         narrow band (the diagonal is masked: it is 1 for both and would take all the mass).
+    center: subtract the teacher's batch mean (of the normalised embeddings) from both sides first, then
+      renormalise. Embedding models put all texts in a narrow cone, so a plain cosine is dominated by the
+      direction every text shares: 1 - cos = 0.02 can hide errors as large as the differences between
+      texts that retrieval ranks by. Centred, both terms compare what tells the batch's texts apart
+      (needs B >= 2; koemb draws a batch from one source, so that is the source's own mean).
     """
     if student.shape != teacher.shape:
         raise ValueError(f"distill expects equal shapes, got {tuple(student.shape)} and {tuple(teacher.shape)}")
     s = F.normalize(student.float(), dim=-1)
     t = F.normalize(teacher.float(), dim=-1)
+    if center:
+        mu = t.mean(0, keepdim=True).detach()  # (1, D)
+        s, t = F.normalize(s - mu, dim=-1), F.normalize(t - mu, dim=-1)
     loss = POINT_LOSSES[kind](s, t)
     if relational:
         loss = loss + relational * RELATIONAL_LOSSES[relational_kind](s @ s.T, t @ t.T, temperature)

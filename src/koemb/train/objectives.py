@@ -81,6 +81,10 @@ class Distill(StrictModel):
         "mse", description="mse: squared difference of the similarity matrices; kl: KL of their row softmaxes."
     )
     temperature: float = Field(0.05, gt=0, description="Softmax temperature of relational_kind: kl.")
+    center: bool = Field(
+        False, description="Compare embeddings minus the teacher's batch mean (`losses.distill`): the narrow cone's shared "
+        "direction no longer dominates the cosine.",
+    )
     words: float = Field(
         0.0, ge=0,
         description="Weight of a word-level term (0 = off): each whitespace word's mean token state, student vs teacher "
@@ -96,7 +100,8 @@ class Distill(StrictModel):
         s = torch.cat([embs[r] for r in roles])  # (n, D)
         t = torch.cat([teacher[r] for r in roles]).to(s.device)  # (n, D), no grad
         loss = distill(
-            s, t, kind=self.kind, relational=self.relational, relational_kind=self.relational_kind, temperature=self.temperature
+            s, t, kind=self.kind, relational=self.relational, relational_kind=self.relational_kind, temperature=self.temperature,
+            center=self.center,
         )
         if self.words:
             # Per role (each has its own word count W), then averaged.
