@@ -17,8 +17,8 @@ app.add_typer(vocab_app, name="vocab")
 console = Console()
 
 CORPUS_HELP = "Corpus file(s): .txt (a document per line) or .jsonl with a 'text' field, optionally .gz; or builtin:ko-sample."
-SPLIT_PARTICLES_HELP = ("Drop donor tokens that are a known word plus a Korean particle (' 정부의' = ' 정부' + '의'), "
-                        "so the word keeps one row in every case form.")
+SPLIT_PARTICLES_HELP = ("Drop new tokens (donor tokens; merges for the BPE methods) that are a known word plus a Korean "
+                        "particle (' 정부의' = ' 정부' + '의'), so the word keeps its piece in every case form.")
 
 
 @vocab_app.command("train-donor")

@@ -27,7 +27,7 @@ class DiffFilters(StrictModel):
         False,
         description="Korean: drop a candidate that is a word of 2+ syllables plus a trailing particle (josa), e.g. ' 정부의' = "
         "' 정부' + '의', when that word is in the base or among the candidates. Such merges give '정부의' and '정부는' "
-        "unrelated rows and hide the shared word from query-passage matching.",
+        "unrelated rows and hide the shared word from query-passage matching. The BPE methods skip such merges.",
     )
 
 
