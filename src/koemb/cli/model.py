@@ -9,7 +9,7 @@ import typer
 
 from koemb.cli import app
 
-model_app = typer.Typer(help="Model work: expand the embedding for an expanded tokenizer.", no_args_is_help=True)
+model_app = typer.Typer(help="Model work: expand the embedding for an expanded tokenizer, or prune new tokens.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 
 
@@ -42,3 +42,20 @@ def expand(
         f"wrote {folder}: {len(info['tokens'])} new tokens, rows {rows['before']} -> {rows['after']} "
         f"({rows['spare_rows_overwritten']} spare rows reused), init {info['init']['method']}"
     )
+
+
+@model_app.command("prune")
+def prune(
+    model: Path = typer.Option(..., "--model", help="Expanded model folder written by koemb (with expansion.json)."),
+    keep: int = typer.Option(..., "--keep", help="How many new tokens to keep: the first KEEP in expansion order (most frequent first)."),
+    out: Path = typer.Option(..., "--out", help="Output folder (sentence-transformers layout)."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model's own Python code."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder."),
+) -> None:
+    """Keep only the first KEEP new tokens (and their rows): rare, barely trained rows cost quality."""
+    from koemb.model.prune import prune_model
+
+    folder = prune_model(model, out, keep, overwrite=overwrite, trust_remote_code=trust_remote_code)
+    info = json.loads((folder / "expansion.json").read_text(encoding="utf-8"))
+    p = info["pruned"]
+    typer.echo(f"wrote {folder}: kept {p['kept']} of {p['from']} new tokens, rows {p['rows']['before']} -> {p['rows']['after']}")
