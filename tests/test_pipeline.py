@@ -129,3 +129,32 @@ def test_cli_validate_names_the_bad_field(tmp_path, capsys):
     assert main(["validate", "--config", str(path), "--set", f"stages.1.data.0.path={scored}"]) == 2
     assert "stages.1.data.0" in (err := capsys.readouterr().err) and "add cosent" in err
     assert main(["validate", "--config", str(path), "--set", f"stages.1.data.0.path={scored}", "--set", "stages.1.objective=[cosent]"]) == 0
+
+
+def test_prune_makes_final_keep_the_first_new_tokens(tmp_path):
+    from transformers import AutoTokenizer
+
+    from koemb.resources import KO_SAMPLE
+
+    raw = small_config()
+    raw["stages"] = raw["stages"][:1]
+    raw["prune"] = {"keep_new_tokens": 20}
+    out = run_pipeline(validate_model(PipelineConfig, raw, "test"), tmp_path / "out")
+    last, final = out / "stages" / "rows", out / "final"
+    n_last = json.loads((last / "expansion.json").read_text())["added"]
+    info = json.loads((final / "expansion.json").read_text())
+    assert n_last > 20 and info["added"] == 20 and info["pruned"]["from"] == n_last
+    cut = info["first_new_id"] + 20
+    emb = "embed_tokens.weight"
+    w_last, w_final = _weights(last)[emb], _weights(final)[emb]
+    assert torch.equal(w_final, w_last[: w_final.shape[0]]) and w_final.shape[0] == max(cut, info["rows"]["before"])
+    text = " ".join(KO_SAMPLE.read_text(encoding="utf-8").splitlines()[:50])
+    ids = AutoTokenizer.from_pretrained(str(final))(text)["input_ids"]
+    assert max(ids) < cut and any(i >= info["first_new_id"] for i in ids)
+    # final differs from the last stage, so the last stage is evaluated as a baseline of its own.
+    results = json.loads((out / "eval" / "results.json").read_text())
+    assert {"rows", "final"} <= set(results.get("results", results))
+
+    raw["prune"] = {"keep_new_tokens": 100}  # = tokenizer.settings.max_new_tokens: nothing to prune
+    with pytest.raises(UserError, match=r"prune\.keep_new_tokens \(100\) must be below tokenizer\.settings\.max_new_tokens"):
+        validate_model(PipelineConfig, raw, "test")

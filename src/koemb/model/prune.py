@@ -78,10 +78,12 @@ def prune_model(
     *,
     overwrite: bool = False,
     trust_remote_code: bool = False,
+    field: str = "--keep",
 ) -> Path:
     """Write a copy of the expanded sentence-transformers folder `model` with only its first `keep` new tokens.
 
     model: a folder written by koemb (`koemb model expand`, a stage, `final/`), with expansion.json.
+    field: how the error message names `keep` (a CLI flag or a config field).
     Returns the output folder; its expansion.json lists the kept tokens and records the pruning.
     """
     from transformers import AutoTokenizer
@@ -102,7 +104,7 @@ def prune_model(
             raise UserError(f"{exp_path}: missing field '{key}' (expected the file `koemb model expand` writes)")
     n_new = len(exp["tokens"])
     if not 1 <= keep < n_new:
-        raise UserError(f"--keep must be between 1 and {n_new - 1} (the model has {n_new} new tokens); got {keep}")
+        raise UserError(f"{field} must be between 1 and {n_new - 1} (the model has {n_new} new tokens); got {keep}")
     check_out_dir(out, overwrite)
 
     tdir = transformer_dir(src)

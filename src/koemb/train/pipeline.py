@@ -8,7 +8,7 @@ CLI only parses flags. Output layout under OUT:
     tokenizer/           the expanded tokenizer + expansion.json (and donor/ when a donor is trained)
     expanded/            the initialised expanded model (sentence-transformers folder + expansion.json)
     stages/<name>/       one sentence-transformers folder per stage, written when the stage ends
-    final/               the last stage's model
+    final/               the last stage's model (with `prune:`, only its first N new tokens)
     eval/                what `koemb evaluate` writes: results.json (base, expanded, every stage), report.md, charts
     checkpoints/         training checkpoints (model folders never hold any)
     cache/teacher.*      the distillation teacher's embeddings by text (the base model never changes):
@@ -102,6 +102,18 @@ class EvaluationConfig(StrictModel):
     stages: bool = Field(True, description="Also evaluate every intermediate stage, not only base, expanded and final.")
 
 
+class PruneConfig(StrictModel):
+    """After the last stage, `final/` keeps only the first N new tokens (`koemb model prune`)."""
+
+    keep_new_tokens: int = Field(
+        gt=0,
+        description=(
+            "New tokens `final/` keeps: the first N in expansion order (most frequent first). Rows of rare tokens "
+            "barely train and read worse than the base's pieces; stages/<last>/ keeps them all."
+        ),
+    )
+
+
 class RuntimeConfig(StrictModel):
     """How the stages run; none of it changes what is learned."""
 
@@ -131,6 +143,7 @@ class PipelineConfig(StrictModel):
     init: InitConfig = Field(default_factory=InitConfig)
     expanded_model: str | None = Field(None, description="Start the stages from this expanded model (skip tokenizer + init).")
     evaluation: EvaluationConfig | None = None
+    prune: PruneConfig | None = Field(None, description="Keep only the first N new tokens in final/ (the stages keep all).")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     trust_remote_code: bool = Field(False, description="Run Python code shipped with the base model (auto_map). Off: only if you trust it.")
     allow_pickle: bool = Field(False, description="Load .bin/.pt pickle weights (a pickle can run code when loaded). Off: safetensors only.")
@@ -140,6 +153,11 @@ class PipelineConfig(StrictModel):
     def _checks(self) -> PipelineConfig:
         if (self.tokenizer is None) == (self.expanded_model is None):
             raise ValueError("give exactly one of `tokenizer` (expand here) and `expanded_model` (already expanded)")
+        if self.prune is not None and self.tokenizer is not None and self.prune.keep_new_tokens >= self.tokenizer.settings.max_new_tokens:
+            raise ValueError(
+                f"prune.keep_new_tokens ({self.prune.keep_new_tokens}) must be below tokenizer.settings.max_new_tokens "
+                f"({self.tokenizer.settings.max_new_tokens}): there is nothing to prune"
+            )
         names = [s.name for s in self.stages]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
@@ -527,6 +545,18 @@ def _copy_folder(src: Path, dest: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _check_prune(cfg: PipelineConfig, expanded: Path) -> None:
+    """Before hours of training: `prune.keep_new_tokens` must leave something to remove."""
+    if cfg.prune is None:
+        return
+    path = expanded / "expansion.json"
+    if not path.is_file():
+        raise UserError(f"prune: {path} not found; prune needs a model koemb expanded")
+    n_new = len(json.loads(path.read_text(encoding="utf-8")).get("tokens", []))
+    if not cfg.prune.keep_new_tokens < n_new:
+        raise UserError(f"prune.keep_new_tokens ({cfg.prune.keep_new_tokens}) must be below the {n_new} new tokens of {expanded}")
+
+
 def evaluate_step(cfg: PipelineConfig, out: Path, base: str) -> dict[str, Any] | None:
     """`koemb evaluate` on final, with base, expanded and (optionally) every stage as baselines."""
     if cfg.evaluation is None:
@@ -542,7 +572,8 @@ def evaluate_step(cfg: PipelineConfig, out: Path, base: str) -> dict[str, Any] |
         baselines.append(str(out / "expanded"))
         labels.append("expanded")
     if ev.stages:
-        for s in cfg.stages[:-1]:
+        # final/ is the last stage unless it was pruned: then the unpruned last stage is a baseline too.
+        for s in cfg.stages if cfg.prune is not None else cfg.stages[:-1]:
             baselines.append(str(out / "stages" / s.name))
             labels.append(s.name)
     return evaluate(
@@ -579,6 +610,7 @@ def _run(cfg: PipelineConfig, out: Path, acc, resume: bool) -> None:
     if cfg.expanded_model is None and acc.is_main_process:
         expand_step(cfg, out, base)
     acc.wait_for_everyone()
+    _check_prune(cfg, Path(cfg.expanded_model or out / "expanded"))
     last = train_stages(cfg, out, base=base, resume=resume, accelerator=acc)
     if acc.is_main_process:
         from koemb.eval.report import write_training_chart
@@ -587,6 +619,12 @@ def _run(cfg: PipelineConfig, out: Path, acc, resume: bool) -> None:
             write_training_chart(out / "logs" / "train.jsonl", out / "logs" / "training.png")
         except Exception as e:  # noqa: BLE001
             log.warning("logs/training.png not written: %s", e)
-        _copy_folder(last, out / "final")
+        if cfg.prune is None:
+            _copy_folder(last, out / "final")
+        else:
+            from koemb.model.prune import prune_model
+
+            prune_model(last, out / "final", cfg.prune.keep_new_tokens, overwrite=True, field="prune.keep_new_tokens",
+                        trust_remote_code=cfg.trust_remote_code)
         evaluate_step(cfg, out, base)
     acc.wait_for_everyone()
