@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from koemb.errors import UserError
-from koemb.model.expand import load_base_model
+from koemb.model.expand import load_base_model, read_expansion
 from koemb.model.files import transformer_dir
 
 log = logging.getLogger(__name__)
@@ -92,16 +92,9 @@ def prune_model(
     from koemb.model.save import check_out_dir, save_sentence_transformer
 
     src = Path(model)
-    exp_path = src / "expansion.json"
-    if not exp_path.is_file():
+    exp = read_expansion(src)
+    if exp is None:
         raise UserError(f"{src}: no expansion.json; prune works on a model folder koemb expanded")
-    try:
-        exp = json.loads(exp_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{exp_path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    for key in ("first_new_id", "tokens"):
-        if key not in exp:
-            raise UserError(f"{exp_path}: missing field '{key}' (expected the file `koemb model expand` writes)")
     n_new = len(exp["tokens"])
     if not 1 <= keep < n_new:
         raise UserError(f"{field} must be between 1 and {n_new - 1} (the model has {n_new} new tokens); got {keep}")

@@ -549,10 +549,12 @@ def _check_prune(cfg: PipelineConfig, expanded: Path) -> None:
     """Before hours of training: `prune.keep_new_tokens` must leave something to remove."""
     if cfg.prune is None:
         return
-    path = expanded / "expansion.json"
-    if not path.is_file():
-        raise UserError(f"prune: {path} not found; prune needs a model koemb expanded")
-    n_new = len(json.loads(path.read_text(encoding="utf-8")).get("tokens", []))
+    from koemb.model.expand import read_expansion
+
+    exp = read_expansion(expanded)
+    if exp is None:
+        raise UserError(f"prune: {expanded / 'expansion.json'} not found; prune needs a model koemb expanded")
+    n_new = len(exp["tokens"])
     if not cfg.prune.keep_new_tokens < n_new:
         raise UserError(f"prune.keep_new_tokens ({cfg.prune.keep_new_tokens}) must be below the {n_new} new tokens of {expanded}")
 
