@@ -158,3 +158,28 @@ def test_prune_makes_final_keep_the_first_new_tokens(tmp_path):
     raw["prune"] = {"keep_new_tokens": 100}  # = tokenizer.settings.max_new_tokens: nothing to prune
     with pytest.raises(UserError, match=r"prune\.keep_new_tokens \(100\) must be below tokenizer\.settings\.max_new_tokens"):
         validate_model(PipelineConfig, raw, "test")
+
+
+def test_interpolate_makes_final_the_midpoint_of_the_last_stage_and_its_anchor(tmp_path):
+    raw = small_config()
+    raw["prune"] = {"keep_new_tokens": 20}
+    raw["interpolate"] = {"anchor": "rows", "alpha": 0.5}
+    out = run_pipeline(validate_model(PipelineConfig, raw, "test"), tmp_path / "out")
+    rows, lora, final = (_weights(out / p) for p in ("stages/rows", "stages/lora", "final"))
+    info = json.loads((out / "final" / "expansion.json").read_text())
+    assert info["added"] == 20 and info["interpolated"]["anchor"] == str(out / "stages" / "rows")
+    cut = info["first_new_id"] + 20
+    moved = [k for k in lora if k != "embed_tokens.weight" and not torch.equal(lora[k], rows[k])]
+    assert moved  # the LoRA stage merged into the attention weights
+    for k in moved:
+        assert torch.allclose(final[k], (rows[k] + lora[k]) / 2, atol=1e-6), k
+    emb = "embed_tokens.weight"
+    n = final[emb].shape[0]
+    assert n == max(cut, info["rows"]["before"]) and torch.allclose(final[emb][:cut], (rows[emb][:cut] + lora[emb][:cut]) / 2)
+    results = json.loads((out / "eval" / "results.json").read_text())
+    assert {"rows", "lora", "final"} <= set(results.get("results", results))
+    assert not [p for p in out.iterdir() if p.name.startswith(".final")]  # the pruned intermediate is gone
+
+    raw["interpolate"] = {"anchor": "lora", "alpha": 0.5}  # the last stage is not an anchor
+    with pytest.raises(UserError, match=r"interpolate\.anchor must be `base` or an earlier stage \(rows\); got 'lora'"):
+        validate_model(PipelineConfig, raw, "test")

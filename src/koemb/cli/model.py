@@ -9,7 +9,7 @@ import typer
 
 from koemb.cli import app
 
-model_app = typer.Typer(help="Model work: expand the embedding for an expanded tokenizer, or prune new tokens.", no_args_is_help=True)
+model_app = typer.Typer(help="Model work: expand the embedding for an expanded tokenizer, prune new tokens, interpolate towards the base.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 
 
@@ -59,3 +59,22 @@ def prune(
     info = json.loads((folder / "expansion.json").read_text(encoding="utf-8"))
     p = info["pruned"]
     typer.echo(f"wrote {folder}: kept {p['kept']} of {p['from']} new tokens, rows {p['rows']['before']} -> {p['rows']['after']}")
+
+
+@model_app.command("interpolate")
+def interpolate(
+    model: Path = typer.Option(..., "--model", help="Trained model folder (a stage, final/)."),
+    anchor: str = typer.Option(..., "--anchor", help="Where the line starts: the base model (folder or hub id) or an earlier stage's folder."),
+    alpha: float = typer.Option(0.5, "--alpha", help="0 = the anchor, 1 = the trained model; 0.5 is the usual default."),
+    out: Path = typer.Option(..., "--out", help="Output folder (sentence-transformers layout)."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model's own Python code."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder."),
+) -> None:
+    """Move a trained model back towards its base: anchor + ALPHA * (model - anchor), weight by weight (WiSE-FT).
+
+    Rows of the ids both tokenizers share are interpolated; new rows stay as trained.
+    """
+    from koemb.model.interpolate import interpolate_models
+
+    folder = interpolate_models(anchor, model, out, alpha, overwrite=overwrite, trust_remote_code=trust_remote_code)
+    typer.echo(f"wrote {folder}: {model} interpolated towards {anchor} at alpha {alpha:g}")

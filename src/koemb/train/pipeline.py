@@ -8,7 +8,8 @@ CLI only parses flags. Output layout under OUT:
     tokenizer/           the expanded tokenizer + expansion.json (and donor/ when a donor is trained)
     expanded/            the initialised expanded model (sentence-transformers folder + expansion.json)
     stages/<name>/       one sentence-transformers folder per stage, written when the stage ends
-    final/               the last stage's model (with `prune:`, only its first N new tokens)
+    final/               the last stage's model (with `prune:`, only its first N new tokens; with
+                         `interpolate:`, moved back towards the base or an earlier stage)
     eval/                what `koemb evaluate` writes: results.json (base, expanded, every stage), report.md, charts
     checkpoints/         training checkpoints (model folders never hold any)
     cache/teacher.*      the distillation teacher's embeddings by text (the base model never changes):
@@ -114,6 +115,19 @@ class PruneConfig(StrictModel):
     )
 
 
+class InterpolateConfig(StrictModel):
+    """After the last stage (and the prune), `final/` = anchor + alpha * (last - anchor) (`koemb model interpolate`)."""
+
+    anchor: str = Field(
+        "base",
+        description="`base` (the base model) or the name of an earlier stage: where the line back from the last stage ends.",
+    )
+    alpha: float = Field(
+        0.5, ge=0, le=1,
+        description="0 = the anchor, 1 = the last stage. 0.5 is the usual default (WiSE-FT); choose it on data you do not report.",
+    )
+
+
 class RuntimeConfig(StrictModel):
     """How the stages run; none of it changes what is learned."""
 
@@ -144,6 +158,9 @@ class PipelineConfig(StrictModel):
     expanded_model: str | None = Field(None, description="Start the stages from this expanded model (skip tokenizer + init).")
     evaluation: EvaluationConfig | None = None
     prune: PruneConfig | None = Field(None, description="Keep only the first N new tokens in final/ (the stages keep all).")
+    interpolate: InterpolateConfig | None = Field(
+        None, description="Make final/ a weight-space interpolation between the last stage and the base (or an earlier stage)."
+    )
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     trust_remote_code: bool = Field(False, description="Run Python code shipped with the base model (auto_map). Off: only if you trust it.")
     allow_pickle: bool = Field(False, description="Load .bin/.pt pickle weights (a pickle can run code when loaded). Off: safetensors only.")
@@ -162,7 +179,17 @@ class PipelineConfig(StrictModel):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"stage names must be unique (they are folder names); repeated: {dup}")
+        if self.interpolate is not None and self.interpolate.anchor != "base" and self.interpolate.anchor not in names[:-1]:
+            raise ValueError(
+                f"interpolate.anchor must be `base` or an earlier stage ({', '.join(names[:-1]) or 'none'}); "
+                f"got {self.interpolate.anchor!r}"
+            )
         return self
+
+    @property
+    def final_is_last_stage(self) -> bool:
+        """False when `final/` is derived from the last stage (pruned or interpolated)."""
+        return self.prune is None and self.interpolate is None
 
     @property
     def needs_teacher(self) -> bool:
@@ -559,6 +586,30 @@ def _check_prune(cfg: PipelineConfig, expanded: Path) -> None:
         raise UserError(f"prune.keep_new_tokens ({cfg.prune.keep_new_tokens}) must be below the {n_new} new tokens of {expanded}")
 
 
+def final_step(cfg: PipelineConfig, out: Path, last: Path, base: str) -> Path:
+    """final/ = the last stage, then (if configured) pruned, then interpolated towards its anchor."""
+    final = out / "final"
+    if cfg.final_is_last_stage:
+        _copy_folder(last, final)
+        return final
+    with tempfile.TemporaryDirectory(prefix=".final.", dir=out) as tmp:
+        src = last
+        if cfg.prune is not None:
+            from koemb.model.prune import prune_model
+
+            dest = final if cfg.interpolate is None else Path(tmp) / "pruned"
+            src = prune_model(src, dest, cfg.prune.keep_new_tokens, overwrite=True, field="prune.keep_new_tokens",
+                              trust_remote_code=cfg.trust_remote_code)
+        if cfg.interpolate is not None:
+            from koemb.model.interpolate import interpolate_models
+
+            ip = cfg.interpolate
+            anchor = base if ip.anchor == "base" else str(out / "stages" / ip.anchor)
+            interpolate_models(anchor, src, final, ip.alpha, overwrite=True, field="interpolate.alpha",
+                               trust_remote_code=cfg.trust_remote_code)
+    return final
+
+
 def evaluate_step(cfg: PipelineConfig, out: Path, base: str) -> dict[str, Any] | None:
     """`koemb evaluate` on final, with base, expanded and (optionally) every stage as baselines."""
     if cfg.evaluation is None:
@@ -574,8 +625,8 @@ def evaluate_step(cfg: PipelineConfig, out: Path, base: str) -> dict[str, Any] |
         baselines.append(str(out / "expanded"))
         labels.append("expanded")
     if ev.stages:
-        # final/ is the last stage unless it was pruned: then the unpruned last stage is a baseline too.
-        for s in cfg.stages if cfg.prune is not None else cfg.stages[:-1]:
+        # final/ is the last stage unless it was pruned or interpolated: then the last stage is a baseline too.
+        for s in cfg.stages[:-1] if cfg.final_is_last_stage else cfg.stages:
             baselines.append(str(out / "stages" / s.name))
             labels.append(s.name)
     return evaluate(
@@ -621,12 +672,6 @@ def _run(cfg: PipelineConfig, out: Path, acc, resume: bool) -> None:
             write_training_chart(out / "logs" / "train.jsonl", out / "logs" / "training.png")
         except Exception as e:  # noqa: BLE001
             log.warning("logs/training.png not written: %s", e)
-        if cfg.prune is None:
-            _copy_folder(last, out / "final")
-        else:
-            from koemb.model.prune import prune_model
-
-            prune_model(last, out / "final", cfg.prune.keep_new_tokens, overwrite=True, field="prune.keep_new_tokens",
-                        trust_remote_code=cfg.trust_remote_code)
+        final_step(cfg, out, last, base)
         evaluate_step(cfg, out, base)
     acc.wait_for_everyone()
