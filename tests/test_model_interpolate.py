@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from test_encoder import me5_small_dir
+from test_model_prune import ko_docs
 
 from koemb.errors import UserError
 from koemb.model.expand import expand_model
 from koemb.model.interpolate import interpolate_models, interpolate_state
 from koemb.model.tiny import build_tiny_qwen3
 from koemb.vocab.expand import ExpansionSettings, expand_tokenizer
-from test_encoder import me5_small_dir
-from test_model_prune import ko_docs
 
 QWEN_BASE = 151669
 EMB = "embed_tokens.weight"
