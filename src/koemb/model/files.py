@@ -44,3 +44,16 @@ def check_weights_safe(folder: Path, allow_pickle: bool) -> None:
         )
     if not pickles:
         raise UserError(f"{folder}: no model weights found (expected model.safetensors)")
+
+
+def saved_max_seq_length(folder: str | Path) -> int | None:
+    """`max_seq_length` from a sentence-transformers folder's sentence_bert_config.json (at the root, or in the
+    Transformer module's sub-folder), or None: a model derived from it (pruned, interpolated) keeps the same."""
+    for where in (Path(folder), Path(transformer_dir(folder))):
+        path = where / "sentence_bert_config.json"
+        if path.is_file():
+            try:
+                return json.loads(path.read_text(encoding="utf-8")).get("max_seq_length")
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    return None

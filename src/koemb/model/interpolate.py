@@ -15,7 +15,6 @@ The output keeps the trained model's tokenizer, pooling, prompts and expansion.j
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 
 from koemb.errors import UserError
 from koemb.model.expand import load_base_model, read_expansion
-from koemb.model.files import transformer_dir
+from koemb.model.files import saved_max_seq_length, transformer_dir
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +139,7 @@ def interpolate_models(
     exp = read_expansion(src)
     if exp is not None:
         exp = {**exp, "interpolated": {"anchor": str(anchor), "alpha": alpha, "shared_ids": shared}}
-    st_cfg = src / "sentence_bert_config.json"
-    max_len = json.loads(st_cfg.read_text(encoding="utf-8")).get("max_seq_length") if st_cfg.is_file() else None
+    max_len = saved_max_seq_length(src)
     recipe = {"step": "koemb model interpolate", "model": str(src), "anchor": str(anchor), "alpha": alpha}
     log.info("interpolated %s towards %s at alpha %.3g (%d shared ids)", src, anchor, alpha, shared)
     return save_sentence_transformer(

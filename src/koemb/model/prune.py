@@ -27,7 +27,7 @@ from typing import Any
 
 from koemb.errors import UserError
 from koemb.model.expand import load_base_model, read_expansion
-from koemb.model.files import transformer_dir
+from koemb.model.files import saved_max_seq_length, transformer_dir
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +140,7 @@ def prune_model(
     exp_out["pruned"] = {"from": n_new, "kept": keep, "removed": removed, "rows": {"before": rows_now, "after": rows}}
     if isinstance(exp_out.get("rows"), dict):
         exp_out["rows"] = {**exp_out["rows"], "after": rows, "expanded_tokenizer": cut}
-    st_cfg = src / "sentence_bert_config.json"
-    max_len = json.loads(st_cfg.read_text(encoding="utf-8")).get("max_seq_length") if st_cfg.is_file() else None
+    max_len = saved_max_seq_length(src)
     recipe = {"step": "koemb model prune", "model": str(src), "new_tokens": f"{keep} of {n_new}", "rows": rows}
     log.info("kept %d of %d new tokens: ids < %d, rows %d -> %d", keep, n_new, cut, rows_now, rows)
     return save_sentence_transformer(
