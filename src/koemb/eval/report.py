@@ -94,7 +94,8 @@ def write_charts(results: Results, labels: Sequence[str], main_metric: Mapping[s
             ax.bar(x + (i - (len(labels) - 1) / 2) * width, vals, width, label=lab)
         ax.set_xticks(x, [f"{t}\n{main_metric[t]}" for t in tasks], fontsize=8)
         ax.set_ylabel("x100")
-        ax.legend(fontsize=8)
+        # Beside the axes, not inside: with many models the legend would cover the last task's bars.
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         ax.set_title("main metric per task")
         fig.tight_layout()
         path = out_dir / "main_metrics.png"
