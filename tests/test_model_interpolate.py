@@ -118,3 +118,19 @@ def test_interpolate_errors_name_the_problem(qwen_pair, qwen_dir, tmp_path, caps
     assert "at alpha 0.3" in capsys.readouterr().out
     assert main(["model", "interpolate", "--model", str(trained), "--anchor", str(tiny), "--out", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_a_pickle_only_anchor_needs_allow_pickle(qwen_pair, tmp_path):
+    import shutil
+
+    tiny, trained = qwen_pair
+    pick = tmp_path / "pickled-base"
+    shutil.copytree(tiny, pick)
+    torch.save(load_file(str(pick / "model.safetensors")), pick / "pytorch_model.bin")
+    (pick / "model.safetensors").unlink()
+    with pytest.raises(UserError, match=r"weights only as pickle \(pytorch_model\.bin\).*--allow-pickle"):
+        interpolate_models(pick, trained, tmp_path / "refused", 0.5)
+    out = interpolate_models(pick, trained, tmp_path / "allowed", 0.5, allow_pickle=True)
+    ref = interpolate_models(tiny, trained, tmp_path / "ref", 0.5)
+    got, want = load_file(str(out / "model.safetensors")), load_file(str(ref / "model.safetensors"))
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)

@@ -68,6 +68,7 @@ def interpolate(
     alpha: float = typer.Option(0.5, "--alpha", help="0 = the anchor, 1 = the trained model; 0.5 is the usual default."),
     out: Path = typer.Option(..., "--out", help="Output folder (sentence-transformers layout)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model's own Python code."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow the anchor's .bin/.pt pickle weights (they can run code)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder."),
 ) -> None:
     """Move a trained model back towards its base: anchor + ALPHA * (model - anchor), weight by weight (WiSE-FT).
@@ -76,5 +77,7 @@ def interpolate(
     """
     from koemb.model.interpolate import interpolate_models
 
-    folder = interpolate_models(anchor, model, out, alpha, overwrite=overwrite, trust_remote_code=trust_remote_code)
+    folder = interpolate_models(
+        anchor, model, out, alpha, overwrite=overwrite, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+    )
     typer.echo(f"wrote {folder}: {model} interpolated towards {anchor} at alpha {alpha:g}")

@@ -101,12 +101,15 @@ def interpolate_models(
     *,
     overwrite: bool = False,
     trust_remote_code: bool = False,
+    allow_pickle: bool = False,
     field: str = "--alpha",
 ) -> Path:
     """Write anchor + alpha * (model - anchor) as a sentence-transformers folder at `out` (see the module doc).
 
     anchor: the base model (folder or hub id) or an earlier stage's folder; model: a trained folder.
     field: how the error message names alpha (a CLI flag or a config field).
+    allow_pickle: let the anchor load from .bin/.pt weights (a run whose base model has only those); the
+        trained folder is koemb's own, always safetensors.
     """
     from transformers import AutoTokenizer
 
@@ -125,7 +128,7 @@ def interpolate_models(
     shared = shared_token_count(tok_a, tok_m, anchor=str(anchor), model=str(src))
 
     net, _ = load_base_model(src, trust_remote_code=trust_remote_code)
-    anc, _ = load_base_model(anchor, trust_remote_code=trust_remote_code)
+    anc, _ = load_base_model(anchor, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     if type(net) is not type(anc):
         raise UserError(f"{anchor} is a {type(anc).__name__}, {src} a {type(net).__name__}: not the same architecture")
     emb = net.get_input_embeddings().weight

@@ -606,7 +606,7 @@ def final_step(cfg: PipelineConfig, out: Path, last: Path, base: str) -> Path:
             ip = cfg.interpolate
             anchor = base if ip.anchor == "base" else str(out / "stages" / ip.anchor)
             interpolate_models(anchor, src, final, ip.alpha, overwrite=True, field="interpolate.alpha",
-                               trust_remote_code=cfg.trust_remote_code)
+                               trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
     return final
 
 
