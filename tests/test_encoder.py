@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import shutil
@@ -34,6 +35,7 @@ def build_tiny_qwen(qwen_dir: Path) -> Path:
     from transformers import AutoModel, Qwen3Config
 
     out = Path(tempfile.mkdtemp(prefix="koemb-tiny-qwen3-"))
+    atexit.register(shutil.rmtree, out, ignore_errors=True)  # shared by several modules; gone when pytest exits
     torch.manual_seed(0)
     cfg = Qwen3Config(
         vocab_size=151669, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
