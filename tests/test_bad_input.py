@@ -106,7 +106,7 @@ def test_lora_target_module_the_model_lacks(refused, tmp_path):
 
 def test_unknown_init_method(refused, tmp_path):
     refused(["run", "--config", TINY, "--out", tmp_path / "o", "--set", "init.method=meen"],
-            "init.method: Value error, unknown init method 'meen' (did you mean 'mean'?); known: mean, first, random", untouched=tmp_path / "o")
+            "init.method: Value error, unknown init method 'meen' (did you mean 'mean'?); known: mean, mean_norm, first, random", untouched=tmp_path / "o")
 
 
 def test_unsafe_stage_name(refused, tmp_path):

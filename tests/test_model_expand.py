@@ -109,6 +109,19 @@ def test_every_init_method_keeps_old_rows_and_ties(method, qwen_dir):
     assert torch.isfinite(w[300:]).all() and not torch.equal(w[300], w[301])
 
 
+def test_mean_norm_keeps_the_mean_direction_at_the_pieces_mean_norm():
+    from koemb.model.init_methods import InitInputs, init_mean, init_mean_norm
+
+    old = torch.tensor([[3.0, 0.0], [0.0, 1.0], [0.0, 2.0], [-1.0, 0.0]])
+    inp = InitInputs(old=old, pieces=[[0, 1], [2], [0, 3]], generator=torch.Generator().manual_seed(0))
+    mean, rows = init_mean(inp), init_mean_norm(inp)
+    # [3,0]+[0,1]: mean [1.5, 0.5] (norm 1.58, shrunk), pieces' mean norm 2.0.
+    torch.testing.assert_close(rows.norm(dim=1), torch.tensor([2.0, 2.0, 2.0]))
+    torch.testing.assert_close(torch.nn.functional.cosine_similarity(rows, mean), torch.ones(3))
+    torch.testing.assert_close(rows[1], old[2])  # one piece: its own row, unchanged
+    assert rows[0].norm() > mean[0].norm() and rows[2].norm() > mean[2].norm()
+
+
 def test_untied_head_resized_and_initialised():
     from transformers import Qwen3Config, Qwen3ForCausalLM
 

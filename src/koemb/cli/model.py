@@ -18,7 +18,7 @@ def expand(
     model: str = typer.Option(..., "--model", help="Base model: folder (transformers or sentence-transformers) or hub id."),
     tokenizer: Path = typer.Option(..., "--tokenizer", help="Expanded tokenizer folder (from `koemb vocab expand`)."),
     out: Path = typer.Option(..., "--out", help="Output folder (sentence-transformers layout + expansion.json)."),
-    init: str = typer.Option("mean", "--init", help="Init method for new rows: mean (FVT), first, random."),
+    init: str = typer.Option("mean", "--init", help="Init method for new rows: mean (FVT), mean_norm (mean at the pieces' mean norm), first, random."),
     noise_std: float = typer.Option(0.0, "--noise-std", help="Gaussian noise on new rows, std relative to the old rows' scale."),
     seed: int = typer.Option(0, "--seed", help="Seed for noise and random init."),
     preset: str | None = typer.Option(None, "--preset", help="Pooling/padding/prompt preset; default: detected."),

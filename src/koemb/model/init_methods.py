@@ -7,6 +7,10 @@ return into the resized matrix. Add a method with `@register_init("name")`.
 - `mean` (FVT, the seed's): the mean of the base rows of the token's pieces. The new row starts
   where the model already "thinks" the token's text is, so the expanded model begins close to
   the base model on Korean text.
+- `mean_norm`: `mean`'s direction at the mean NORM of the pieces' rows. Averaging k vectors that
+  point different ways shrinks the result (e5-small: new rows 1.16 vs old rows 1.59), so a token of
+  many pieces starts quieter than any word the model has seen; this keeps the direction and undoes
+  the shrinkage.
 - `first`: the row of the first piece (a cheaper, cruder anchor; useful as an ablation).
 - `random`: Gaussian with the old rows' per-dimension mean and std; the no-prior baseline.
 
@@ -71,6 +75,19 @@ def init_mean(inp: InitInputs) -> Tensor:
     sums.index_add_(0, owner, inp.old[ids])  # (N, D)
     counts = torch.tensor([len(p) for p in inp.pieces], dtype=inp.old.dtype).unsqueeze(1)  # (N, 1)
     return sums / counts
+
+
+@register_init("mean_norm")
+def init_mean_norm(inp: InitInputs) -> Tensor:
+    """`mean`, rescaled per token to the mean L2 norm of its pieces' rows. Returns (N, D)."""
+    ids, owner = _flat(inp.pieces)
+    rows = init_mean(inp)  # (N, D)
+    norms = torch.zeros(len(inp.pieces), dtype=inp.old.dtype)
+    norms.index_add_(0, owner, inp.old[ids].norm(dim=1))  # (N,) sum of the pieces' norms
+    counts = torch.tensor([len(p) for p in inp.pieces], dtype=inp.old.dtype)
+    target = norms / counts  # (N,) mean piece norm
+    # A one-piece token's mean is that piece's row: the scale is exactly 1 there.
+    return rows * (target / rows.norm(dim=1).clamp_min(1e-12)).unsqueeze(1)
 
 
 @register_init("first")
