@@ -183,3 +183,23 @@ def test_interpolate_makes_final_the_midpoint_of_the_last_stage_and_its_anchor(t
     raw["interpolate"] = {"anchor": "lora", "alpha": 0.5}  # the last stage is not an anchor
     with pytest.raises(UserError, match=r"interpolate\.anchor must be `base` or an earlier stage \(rows\); got 'lora'"):
         validate_model(PipelineConfig, raw, "test")
+
+
+def test_a_bert_family_stage_saves_only_the_checkpoints_weights(tmp_path):
+    # AutoModel gives BERT / XLM-R a pooler head that e5's checkpoint lacks. Loaded as-is for a stage, it was
+    # randomly initialised and saved with the trained stage as if it were part of the model (session 10 found
+    # it in the e5 study's folders). The REAL multilingual-e5-small, one all-rows step through `koemb train`.
+    from test_encoder import me5_small_dir
+
+    base = me5_small_dir()
+    stage = {"name": "rows", "train": "all_rows", "objective": "infonce", "data": [{"path": "builtin:ko-sample", "limit": 40}],
+             "lr": 1e-4, "steps": 1, "batch_size": 2, "max_length": 16}
+    cfg_file = tmp_path / "e5.yaml"
+    raw = {"base_model": str(base), "expanded_model": str(base), "runtime": {"progress": False}, "stages": [stage]}
+    cfg_file.write_text(yaml.safe_dump(raw, allow_unicode=True))
+    assert main(["train", "--config", str(cfg_file), "--out", str(tmp_path / "t")]) == 0
+    before, after = _weights(base), _weights(tmp_path / "t" / "stages" / "rows")
+    assert not [k for k in before if "pooler" in k]  # the premise: e5 ships no pooler
+    assert set(after) == set(before)
+    emb = "embeddings.word_embeddings.weight"
+    assert not torch.equal(after[emb], before[emb])  # the step did train

@@ -46,6 +46,16 @@ def _model_type(folder: str | Path) -> str | None:
         return None
 
 
+def no_pooler_kwargs(folder: str | Path) -> dict[str, bool]:
+    """`AutoModel.from_pretrained` arguments that leave out a BERT-family pooler head.
+
+    Pooling is the preset's (mean, last token, CLS hidden state), so the head is never used, and an embedding
+    checkpoint (e5) usually lacks it: loaded anyway it would be randomly initialised and then saved with a
+    trained stage as if it were part of the model. {} for other models and for hub ids.
+    """
+    return {"add_pooling_layer": False} if _model_type(folder) in MODEL_TYPES_WITH_POOLER else {}
+
+
 def model_fingerprint(model: str | Path) -> str | None:
     """A cheap identity for a model folder (path, sizes and mtimes of its weight and tokenizer files),
     used to key caches of its embeddings; None for a hub id (nothing local to fingerprint)."""
@@ -164,11 +174,7 @@ class Encoder:
             check_weights_safe(Path(wdir), allow_pickle=False)
         try:
             tok = AutoTokenizer.from_pretrained(str(wdir), trust_remote_code=False)
-            extra = {}
-            if _model_type(wdir) in MODEL_TYPES_WITH_POOLER:
-                # The pooler is an unused head here (pooling is the preset's) and often not in the checkpoint.
-                extra["add_pooling_layer"] = False
-            net = AutoModel.from_pretrained(str(wdir), trust_remote_code=False, use_safetensors=True, dtype=dt, **extra)
+            net = AutoModel.from_pretrained(str(wdir), trust_remote_code=False, use_safetensors=True, dtype=dt, **no_pooler_kwargs(wdir))
         except OSError as exc:
             raise UserError(f"{model}: cannot load a model and tokenizer from here ({exc})") from None
         net.to(dev).eval()

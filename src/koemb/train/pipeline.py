@@ -489,6 +489,7 @@ def train_stages(
     """
     from transformers import AutoModel, AutoTokenizer
 
+    from koemb.model.encoder import no_pooler_kwargs
     from koemb.model.presets import resolve_preset
     from koemb.model.save import save_sentence_transformer
     from koemb.train.encode import EncodeSpec
@@ -509,7 +510,8 @@ def train_stages(
         check_model_safe(base, "base_model", trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
         tpreset = resolve_preset(base, cfg.preset)
         tmodel = AutoModel.from_pretrained(
-            base, dtype=torch.float32, trust_remote_code=cfg.trust_remote_code, use_safetensors=None if cfg.allow_pickle else True
+            base, dtype=torch.float32, trust_remote_code=cfg.trust_remote_code, use_safetensors=None if cfg.allow_pickle else True,
+            **no_pooler_kwargs(base),
         ).to(acc.device).eval()
         tmodel.requires_grad_(False)
         tbase_tok = AutoTokenizer.from_pretrained(base, trust_remote_code=cfg.trust_remote_code)
@@ -533,7 +535,8 @@ def train_stages(
         spec = EncodeSpec.from_preset(preset, stage.max_length)
         check_model_safe(str(current), f"stage {stage.name}: input model", trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
         net = AutoModel.from_pretrained(
-            str(current), dtype=torch.float32, trust_remote_code=cfg.trust_remote_code, use_safetensors=None if cfg.allow_pickle else True
+            str(current), dtype=torch.float32, trust_remote_code=cfg.trust_remote_code, use_safetensors=None if cfg.allow_pickle else True,
+            **no_pooler_kwargs(current),  # else a BERT-family stage saves a random pooler head
         )
         tok = AutoTokenizer.from_pretrained(str(current), trust_remote_code=cfg.trust_remote_code)
         rows = net.get_input_embeddings().weight.shape[0]
