@@ -134,3 +134,32 @@ def test_a_pickle_only_anchor_needs_allow_pickle(qwen_pair, tmp_path):
     ref = interpolate_models(tiny, trained, tmp_path / "ref", 0.5)
     got, want = load_file(str(out / "model.safetensors")), load_file(str(ref / "model.safetensors"))
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+
+
+def test_a_usage_pruned_model_mixes_its_moved_rows_with_the_same_tokens_of_an_earlier_stage(qwen_pair, qwen_dir, tmp_path):
+    from koemb.model.prune import prune_model
+
+    tiny, trained = qwen_pair
+    # The earlier stage: the same expansion before the weights moved (all 40 new tokens, other rows).
+    earlier = expand_model(tiny, trained.parent / "tok", tmp_path / "earlier", init="random", seed=3)
+    pruned = prune_model(trained, tmp_path / "pruned", 15, rank_by="usage", sources={"docs": ko_docs(600)[300:]})
+    info = json.loads((pruned / "expansion.json").read_text(encoding="utf-8"))
+    moved_ids = [t["id"] for t in info["tokens"]]
+    exp_t = json.loads((trained / "expansion.json").read_text(encoding="utf-8"))
+    id_in = {t["text"]: t["id"] for t in exp_t["tokens"]}  # the same ids in `earlier` and `trained`
+    assert [id_in[t["text"]] for t in info["tokens"]] != moved_ids  # the usage ranking renumbered them
+
+    out = interpolate_models(earlier, pruned, tmp_path / "mid", 0.5)
+    e, p, m = (load_file(str(f / "model.safetensors"))[EMB] for f in (earlier, pruned, out))
+    for t in info["tokens"]:
+        assert torch.allclose(m[t["id"]], (e[id_in[t["text"]]] + p[t["id"]]) / 2, atol=1e-6), t["text"]
+    assert torch.allclose(m[:QWEN_BASE], (e[:QWEN_BASE] + p[:QWEN_BASE]) / 2, atol=1e-6)
+    got = json.loads((out / "expansion.json").read_text(encoding="utf-8"))["interpolated"]
+    assert got["shared_ids"] < QWEN_BASE + 15 and got["shared_ids"] + got["matched_new_tokens"] == QWEN_BASE + 15
+    # An anchor from another expansion lacks some of the kept tokens: named, nothing written.
+    tok = tmp_path / "tok"
+    expand_tokenizer(qwen_dir, tok, docs=ko_docs(900)[600:], settings=ExpansionSettings(method="bpe-continue", max_new_tokens=40))
+    other = expand_model(tiny, tok, tmp_path / "other", init="random", seed=3)
+    with pytest.raises(UserError, match=r"lacks \d+ of the new tokens .* kept"):
+        interpolate_models(other, pruned, tmp_path / "refused", 0.5)
+    assert not (tmp_path / "refused").exists()

@@ -15,7 +15,7 @@ from transformers import AutoTokenizer
 
 from koemb.errors import UserError
 from koemb.model.expand import expand_model
-from koemb.model.prune import prune_model
+from koemb.model.prune import choose_kept, count_new_token_uses, prune_model
 from koemb.model.tiny import build_tiny_qwen3
 from koemb.resources import KO_SAMPLE
 from koemb.vocab.donor import train_donor
@@ -126,3 +126,101 @@ def test_prune_errors_name_the_problem(qwen_expanded, tmp_path, capsys):
     assert main(["model", "prune", "--model", str(qwen_expanded), "--keep", "7", "--out", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (out / "model.safetensors").stat().st_mtime_ns == stamp
+    docs = tmp_path / "docs.txt"
+    docs.write_text("\n".join(ko_docs(50)), encoding="utf-8")
+    assert main(["model", "prune", "--model", str(qwen_expanded), "--keep", "5", "--out", str(tmp_path / "c"), "--corpus", str(docs)]) == 2
+    assert "--corpus counts token uses: it needs --rank-by usage or balanced" in capsys.readouterr().err
+    assert main(["model", "prune", "--model", str(qwen_expanded), "--keep", "5", "--out", str(tmp_path / "d"), "--rank-by", "often"]) == 2
+    assert "rank_by must be one of balanced, order, usage; got 'often'" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
+    ok = ["model", "prune", "--model", str(qwen_expanded), "--keep", "5", "--out", str(tmp_path / "e"), "--rank-by", "usage"]
+    assert main([*ok, "--corpus", str(docs)]) == 0
+    assert "kept 5 of 60 new tokens (usage)" in capsys.readouterr().out
+
+
+def test_choose_kept_closes_bpe_merges_and_skips_what_does_not_fit():
+    # 12 = 11 + base 3, 11 = 10 + base 4: keeping 12 needs 11 and 10 too.
+    parts = {12: (11, 3), 11: (10, 4)}
+    assert choose_kept([12, 11, 10, 13], 2, 10, parts) == [10, 11]  # 12 needs three ids: skipped
+    assert choose_kept([12, 13, 11, 10], 3, 10, parts) == [10, 11, 12]
+    assert choose_kept([13, 10, 12], 2, 10, {}) == [10, 13]  # Unigram/WordPiece: no parts
+
+
+def test_usage_prune_keeps_the_most_used_tokens_with_their_rows(tmp_path):
+    base_dir = me5_small_dir()
+    docs = ko_docs(300)
+    train_donor(load_tokenizer(base_dir), docs, 2000, tmp_path / "donor")
+    tok = tmp_path / "tok"
+    expand_tokenizer(load_tokenizer(base_dir), tok, donor=str(tmp_path / "donor"), docs=docs,
+                     settings=ExpansionSettings(method="unigram", max_new_tokens=50))
+    model = expand_model(base_dir, tok, tmp_path / "e5x", init="mean")
+    exp = json.loads((model / "expansion.json").read_text(encoding="utf-8"))
+    first = exp["first_new_id"]
+    texts = [line for line in KO_SAMPLE.read_text(encoding="utf-8").splitlines() if line.strip()]
+    full = AutoTokenizer.from_pretrained(str(model))
+    counts = count_new_token_uses(full, texts, first)
+    order = [t["id"] for t in exp["tokens"]]
+    want = sorted(sorted(order, key=lambda i: (-counts[i], order.index(i)))[:10])
+    assert want != order[:10]  # on this text the most used are not the first ten: the ranking matters
+
+    out = prune_model(model, tmp_path / "e5u", 10, rank_by="usage", sources={"ko_sample": texts})
+    info = json.loads((out / "expansion.json").read_text(encoding="utf-8"))
+    by_id = {t["id"]: t["text"] for t in exp["tokens"]}
+    assert [t["text"] for t in info["tokens"]] == [by_id[i] for i in want]
+    assert [t["id"] for t in info["tokens"]] == list(range(first, first + 10))
+    assert [t["uses"] for t in info["tokens"]] == [counts[i] for i in want]
+    assert info["pruned"]["rank_by"] == "usage" and info["pruned"]["corpus"] == ["ko_sample"]
+
+    # Each kept token's row moved with it, bit for bit; the base rows and the spare rows stay.
+    emb = "embeddings.word_embeddings.weight"
+    before, after = (load_file(str(f / "model.safetensors"))[emb] for f in (model, out))
+    assert after.shape[0] == 250037 and torch.equal(after[:first], before[:first])
+    for k, old in enumerate(want):
+        assert torch.equal(after[first + k], before[old])
+    assert torch.equal(after[first + 10 :], before[first + 10 : 250037])  # rows past the cut as they were
+
+    # A text the full tokenizer wrote with kept tokens only reads the same pieces, and embeds the same.
+    from sentence_transformers import SentenceTransformer
+
+    pruned = AutoTokenizer.from_pretrained(str(out))
+    full_ids = full(texts, add_special_tokens=False)["input_ids"]
+    same = [k for k, ids in enumerate(full_ids) if any(i >= first for i in ids) and all(i < first or i in want for i in ids)]
+    assert same
+    for k in same[:20]:
+        assert pruned.tokenize(texts[k]) == full.tokenize(texts[k])
+    a, b = (SentenceTransformer(str(f), device="cpu").encode([texts[same[0]]], convert_to_tensor=True) for f in (model, out))
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_bpe_usage_prune_keeps_every_merge_part(qwen_expanded, qwen_dir, tmp_path):
+    docs = ko_docs(300)
+    out = prune_model(qwen_expanded, tmp_path / "u", 25, rank_by="usage", sources={"docs": docs})
+    info = json.loads((out / "expansion.json").read_text(encoding="utf-8"))
+    cut = QWEN_BASE + 25
+    assert [t["id"] for t in info["tokens"]] == list(range(QWEN_BASE, cut))
+    tj = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab = tj["model"]["vocab"]
+    assert max(vocab.values()) == cut - 1 and len([v for v in vocab.values() if v >= QWEN_BASE]) == 25
+    for m in tj["model"]["merges"]:
+        a, b = m.split(" ", 1) if isinstance(m, str) else m
+        assert a + b in vocab and a in vocab and b in vocab
+    ids = _ids(out, docs)
+    assert max(max(p) for p in ids if p) < cut
+    # The kept merges still shorten the text (for BPE the most used are close to merge order: a merge's
+    # parts come with it; on this sample 23,197 tokens vs 23,185 for the first 25).
+    assert sum(map(len, ids)) < sum(map(len, _ids(qwen_dir, docs)))
+
+
+def test_usage_and_balanced_rankings_weigh_sources_differently():
+    from collections import Counter
+
+    from koemb.model.prune import RANKINGS
+
+    exp = {"tokens": [{"id": 10, "corpus_count": 1}, {"id": 11, "corpus_count": 7}, {"id": 12, "corpus_count": 3}]}
+    per_source = {"chat": Counter({10: 100, 11: 50}), "wiki": Counter({12: 5})}
+    assert RANKINGS["usage"](exp, per_source) == [10, 11, 12]
+    assert RANKINGS["balanced"](exp, per_source) == [12, 10, 11]  # wiki's one token is all of wiki's uses
+    assert RANKINGS["usage"](exp, None) == [11, 12, 10]  # expansion.json's own counts
+    assert RANKINGS["order"](exp, per_source) == [10, 11, 12]
+    with pytest.raises(UserError, match="rank by balanced needs a corpus"):
+        RANKINGS["balanced"]({"tokens": [{"id": 10}]}, None)

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from koemb.cli import main
 from koemb.config import validate_model
 from koemb.errors import UserError
-from koemb.train.pipeline import PipelineConfig, load_pipeline, run_pipeline, validate_pipeline
+from koemb.train.pipeline import PipelineConfig, _training_sources, final_step, load_pipeline, run_pipeline, validate_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -154,6 +154,16 @@ def test_prune_makes_final_keep_the_first_new_tokens(tmp_path):
     # final differs from the last stage, so the last stage is evaluated as a baseline of its own.
     results = json.loads((out / "eval" / "results.json").read_text())
     assert {"rows", "final"} <= set(results.get("results", results))
+
+    # rank_by: usage counts on the run's training text (the tokenizer corpus and the stage's data).
+    raw["prune"] = {"keep_new_tokens": 20, "rank_by": "usage"}
+    cfg = validate_model(PipelineConfig, raw, "test")
+    final_step(cfg, out, last, str(out / "base-not-read"))
+    info = json.loads((final / "expansion.json").read_text())
+    assert info["pruned"]["rank_by"] == "usage" and info["pruned"]["corpus_uses"] > 0
+    sources = _training_sources(cfg)  # the corpus entry and the stage's (another limit): two sources
+    assert [len(list(t)) for t in sources.values()] == [300, 200] and info["pruned"]["corpus"] == list(sources)
+    assert min(t["uses"] for t in info["tokens"]) > 0
 
     raw["prune"] = {"keep_new_tokens": 100}  # = tokenizer.settings.max_new_tokens: nothing to prune
     with pytest.raises(UserError, match=r"prune\.keep_new_tokens \(100\) must be below tokenizer\.settings\.max_new_tokens"):

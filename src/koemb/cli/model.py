@@ -47,18 +47,35 @@ def expand(
 @model_app.command("prune")
 def prune(
     model: Path = typer.Option(..., "--model", help="Expanded model folder written by koemb (with expansion.json)."),
-    keep: int = typer.Option(..., "--keep", help="How many new tokens to keep: the first KEEP in expansion order (most frequent first)."),
+    keep: int = typer.Option(..., "--keep", help="How many new tokens to keep."),
     out: Path = typer.Option(..., "--out", help="Output folder (sentence-transformers layout)."),
+    rank_by: str = typer.Option(
+        "order", "--rank-by",
+        help="Which KEEP: order = the first in expansion order; usage = the most emitted on --corpus "
+        "(without it, on the expansion's corpus as expansion.json counted it); balanced = usage with each "
+        "--corpus file weighing the same.",
+    ),
+    corpus: list[Path] = typer.Option(
+        [], "--corpus", help="Training files to count uses on (.txt, .jsonl text or pairs), one source each; repeatable.",
+    ),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model's own Python code."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder."),
 ) -> None:
-    """Keep only the first KEEP new tokens (and their rows): rare, barely trained rows cost quality."""
-    from koemb.model.prune import prune_model
+    """Keep only KEEP new tokens (and their rows): rare, barely trained rows cost quality."""
+    from koemb.errors import UserError
+    from koemb.model.prune import corpus_sources, prune_model
 
-    folder = prune_model(model, out, keep, overwrite=overwrite, trust_remote_code=trust_remote_code)
+    if corpus and rank_by == "order":
+        raise UserError("--corpus counts token uses: it needs --rank-by usage or balanced")
+    folder = prune_model(
+        model, out, keep, rank_by=rank_by, sources=corpus_sources(corpus) if corpus else None,
+        overwrite=overwrite, trust_remote_code=trust_remote_code,
+    )
     info = json.loads((folder / "expansion.json").read_text(encoding="utf-8"))
     p = info["pruned"]
-    typer.echo(f"wrote {folder}: kept {p['kept']} of {p['from']} new tokens, rows {p['rows']['before']} -> {p['rows']['after']}")
+    typer.echo(
+        f"wrote {folder}: kept {p['kept']} of {p['from']} new tokens ({p['rank_by']}), rows {p['rows']['before']} -> {p['rows']['after']}"
+    )
 
 
 @model_app.command("interpolate")

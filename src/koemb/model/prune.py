@@ -1,18 +1,28 @@
-"""Keep only the first N new tokens of an expanded model (`koemb model prune`).
+"""Keep only N of the new tokens of an expanded model (`koemb model prune`).
 
 Why: a new token's row is only as good as the training it got. Rows of tokens that are rare in the
 training data stay near their init, and the study measured that they cost quality: the trained e5-small
 model read KorQuAD 0.45 NDCG@10 better when its 6,000 rarest new tokens were switched off (docs/results.md).
 Pruning trades a little of the token saving back for that quality without retraining.
 
-Which tokens go: the expansion appends new tokens in its candidate order (most frequent on the corpus
-first; BPE merges in merge order), so the kept set is a prefix of the new ids: ids
-`first_new_id .. first_new_id + keep - 1`. Everything at or above `cut = first_new_id + keep` is removed
-from the tokenizer (Unigram pieces, WordPiece entries, BPE vocab entries and the merges that build them,
-added tokens), and the embedding matrix shrinks to `max(cut, rows the base model had)` rows, so a base
-model's spare rows stay (e5-small: 250,037 rows for 250,002 tokens). Every kept row is bit-identical.
-A prefix keeps BPE consistent: a merge's result gets a later id than its parts, so no kept token is built
-from a removed one.
+Which tokens go (`rank_by`, a registry: `RANKINGS`):
+- `order` (default): the first N in expansion order. The expansion appends new tokens in its candidate order
+  (the donor's frequency order for Unigram, merge order for BPE), so the kept set is a prefix of the new ids.
+- `usage`: the N new tokens the expanded tokenizer itself emits most often on a corpus (the training text:
+  what a row gets trained on). Candidate order is the donor's view; once the new pieces compete with each
+  other and with the base's, some early candidates are rarely emitted (on the e5 study '▁위배되', candidate 2,
+  is never used: '▁위배되는' wins). Ranking by use keeps more of the token saving per kept row: the e5 study's
+  14,000 most used reach the 15% line on every Korean set where the first 14,000 do not (docs/results.md).
+  Without a corpus, `usage` reads the counts `koemb vocab expand` stored (`corpus_count`: the expansion's corpus).
+- `balanced`: as `usage`, but each source (a training file) counts as a share of its own uses, so a small
+  source of another kind of text (encyclopaedic pairs beside chat logs) weighs as much as a large one.
+
+The kept tokens get the ids `first_new_id .. first_new_id + keep - 1` in their old relative order (a prefix
+keeps its ids), their rows move with them, and everything else at or above first_new_id is removed from the
+tokenizer (Unigram pieces, WordPiece entries, BPE vocab entries and the merges that build them, added
+tokens). The embedding matrix shrinks to `max(first_new_id + keep, rows the base model had)` rows, so a base
+model's spare rows stay (e5-small: 250,037 rows for 250,002 tokens). Every kept row is bit-identical. For
+BPE a kept token's parts are kept with it (its merge needs them), so the kept set is closed under merges.
 """
 
 from __future__ import annotations
@@ -22,8 +32,12 @@ import logging
 import os
 import shutil
 import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from koemb.errors import UserError
 from koemb.model.expand import load_base_model, read_expansion
@@ -42,33 +56,151 @@ def _merge_parts(merge: Any) -> tuple[str, str]:
     return merge[0], merge[1]
 
 
-def prune_tokenizer_json(tok: dict[str, Any], cut: int) -> dict[str, int]:
-    """Remove every id >= `cut` from a tokenizer.json dict in place; return what was removed, by kind."""
+def _reindex(old_id: int, first: int, new_id: dict[int, int]) -> int | None:
+    """The id after pruning: base ids stay, kept new ids move down, removed ones are None."""
+    return old_id if old_id < first else new_id.get(old_id)
+
+
+def prune_tokenizer_json(tok: dict[str, Any], first: int, kept: list[int]) -> dict[str, int]:
+    """Keep only the new ids `kept` (ascending, all >= `first`) of a tokenizer.json dict, in place, renumbered
+    to `first, first + 1, ...`; return what was removed, by kind."""
+    new_id = {old: first + k for k, old in enumerate(kept)}
     model = tok["model"]
     kind = model.get("type")
     removed = {"model_vocab": 0, "merges": 0, "added_tokens": 0}
     if kind == "Unigram":
         vocab = model["vocab"]  # list of [piece, score]; the id is the position
-        removed["model_vocab"] = max(len(vocab) - cut, 0)
-        model["vocab"] = vocab[:cut]
-        if model.get("unk_id") is not None and model["unk_id"] >= cut:
-            raise UserError(f"the Unigram unk_id {model['unk_id']} is among the removed ids (>= {cut})")
+        removed["model_vocab"] = max(len(vocab) - first - len(kept), 0)
+        model["vocab"] = vocab[:first] + [vocab[i] for i in kept if i < len(vocab)]
+        if model.get("unk_id") is not None and model["unk_id"] >= first:
+            raise UserError(f"the Unigram unk_id {model['unk_id']} is a new token (>= {first}); prune keeps the base's ids only")
     elif kind in ("BPE", "WordPiece", "WordLevel"):
         vocab = model["vocab"]  # piece -> id
-        kept = {p: i for p, i in vocab.items() if i < cut}
-        removed["model_vocab"] = len(vocab) - len(kept)
-        model["vocab"] = kept
+        out = {p: j for p, i in vocab.items() if (j := _reindex(i, first, new_id)) is not None}
+        removed["model_vocab"] = len(vocab) - len(out)
+        model["vocab"] = out
         if kind == "BPE":
             merges = model.get("merges") or []
-            keep = [m for m in merges if "".join(_merge_parts(m)) in kept]
+            keep = [m for m in merges if "".join(_merge_parts(m)) in out]
             removed["merges"] = len(merges) - len(keep)
             model["merges"] = keep
     else:
         raise UserError(f"cannot prune a {kind} tokenizer (Unigram, BPE, WordPiece and WordLevel are supported)")
     added = tok.get("added_tokens") or []
-    tok["added_tokens"] = [a for a in added if a["id"] < cut]
-    removed["added_tokens"] = len(added) - len(tok["added_tokens"])
+    kept_added = []
+    for a in added:
+        j = _reindex(a["id"], first, new_id)
+        if j is not None:
+            kept_added.append({**a, "id": j})
+    tok["added_tokens"] = kept_added
+    removed["added_tokens"] = len(added) - len(kept_added)
     return removed
+
+
+def _rank_order(exp: dict[str, Any], per_source: dict[str, Counter[int]] | None) -> list[int]:
+    return [int(t["id"]) for t in exp["tokens"]]
+
+
+def _stored_counts(exp: dict[str, Any], rank_by: str) -> dict[str, Counter[int]]:
+    if any("corpus_count" not in t for t in exp["tokens"]):
+        raise UserError(f"rank by {rank_by} needs a corpus: this expansion.json stores no corpus_count (give --corpus)")
+    return {"expansion corpus": Counter({int(t["id"]): int(t["corpus_count"]) for t in exp["tokens"]})}
+
+
+def _by_score(exp: dict[str, Any], score: dict[int, float]) -> list[int]:
+    ids = [int(t["id"]) for t in exp["tokens"]]
+    pos = {i: k for k, i in enumerate(ids)}
+    # Highest first; ties keep the expansion's order (stable, deterministic).
+    return sorted(ids, key=lambda i: (-score.get(i, 0.0), pos[i]))
+
+
+def _rank_usage(exp: dict[str, Any], per_source: dict[str, Counter[int]] | None) -> list[int]:
+    total: Counter[int] = Counter()
+    for c in (per_source or _stored_counts(exp, "usage")).values():
+        total.update(c)
+    return _by_score(exp, dict(total))
+
+
+def _rank_balanced(exp: dict[str, Any], per_source: dict[str, Counter[int]] | None) -> list[int]:
+    # Each source's uses as a share of its own new-token uses, summed: a small source (a few thousand
+    # encyclopaedic pairs) weighs as much as a large one (chat logs), so the kept vocabulary serves every
+    # kind of text the run trains on rather than the largest.
+    share: dict[int, float] = {}
+    for c in (per_source or _stored_counts(exp, "balanced")).values():
+        n = sum(c.values())
+        for i, v in c.items():
+            share[i] = share.get(i, 0.0) + v / n
+    return _by_score(exp, share)
+
+
+RANKINGS: dict[str, Callable[[dict[str, Any], dict[str, Counter[int]] | None], list[int]]] = {
+    "order": _rank_order,
+    "usage": _rank_usage,
+    "balanced": _rank_balanced,
+}
+
+
+def count_new_token_uses(tokenizer: Any, texts: Iterable[str], first_new_id: int, batch: int = 1024) -> Counter[int]:
+    """How often the tokenizer emits each new id (>= first_new_id) on `texts` (no truncation)."""
+    counts: Counter[int] = Counter()
+    buf: list[str] = []
+
+    def flush() -> None:
+        for row in tokenizer(buf, add_special_tokens=False)["input_ids"]:
+            counts.update(i for i in row if i >= first_new_id)
+        buf.clear()
+
+    for t in texts:
+        buf.append(t)
+        if len(buf) >= batch:
+            flush()
+    if buf:
+        flush()
+    return counts
+
+
+def _bpe_parts(tok: dict[str, Any]) -> dict[int, tuple[int, int]]:
+    """BPE: token id -> the ids of the two parts its merge joins."""
+    model = tok["model"]
+    if model.get("type") != "BPE":
+        return {}
+    vocab = model["vocab"]
+    out = {}
+    for m in model.get("merges") or []:
+        a, b = _merge_parts(m)
+        if a + b in vocab and a in vocab and b in vocab:
+            out.setdefault(vocab[a + b], (vocab[a], vocab[b]))
+    return out
+
+
+def choose_kept(ranked: list[int], keep: int, first: int, parts: dict[int, tuple[int, int]]) -> list[int]:
+    """The first `keep` ids of `ranked`, each with the new-id parts its BPE merge needs (closed under merges);
+    a token whose parts would not fit is skipped. Returned ascending."""
+    kept: set[int] = set()
+    for tid in ranked:
+        if len(kept) >= keep:
+            break
+        need, stack = [], [tid]
+        while stack:
+            i = stack.pop()
+            if i < first or i in kept or i in need:
+                continue
+            need.append(i)
+            stack.extend(parts.get(i, ()))
+        if len(kept) + len(need) <= keep:
+            kept.update(need)
+    return sorted(kept)
+
+
+def corpus_sources(paths: Iterable[str | os.PathLike]) -> dict[str, Iterable[str]]:
+    """One source per training file (unlabeled .txt/.jsonl `text`, or pairs: query, positive, negatives)."""
+    from koemb.train.data import read_examples, texts_of
+
+    def texts(path: str | os.PathLike) -> Iterable[str]:
+        for e in read_examples(path):
+            yield from texts_of(e)
+
+    return {str(p): texts(p) for p in paths}
 
 
 def prune_model(
@@ -76,13 +208,18 @@ def prune_model(
     out: str | os.PathLike,
     keep: int,
     *,
+    rank_by: str = "order",
+    sources: Mapping[str, Iterable[str]] | None = None,
     overwrite: bool = False,
     trust_remote_code: bool = False,
     field: str = "--keep",
 ) -> Path:
-    """Write a copy of the expanded sentence-transformers folder `model` with only its first `keep` new tokens.
+    """Write a copy of the expanded sentence-transformers folder `model` with only `keep` of its new tokens.
 
     model: a folder written by koemb (`koemb model expand`, a stage, `final/`), with expansion.json.
+    rank_by: which tokens stay (a key of RANKINGS): `order` the first `keep`; `usage` the `keep` most emitted on
+        the texts of `sources` (name -> texts; without sources, on the expansion's corpus as expansion.json
+        records it); `balanced` the same with each source's uses as a share of that source's total.
     field: how the error message names `keep` (a CLI flag or a config field).
     Returns the output folder; its expansion.json lists the kept tokens and records the pruning.
     """
@@ -91,6 +228,8 @@ def prune_model(
     from koemb.model.presets import resolve_preset
     from koemb.model.save import check_out_dir, save_sentence_transformer
 
+    if rank_by not in RANKINGS:
+        raise UserError(f"rank_by must be one of {', '.join(sorted(RANKINGS))}; got {rank_by!r}")
     src = Path(model)
     exp = read_expansion(src)
     if exp is None:
@@ -105,8 +244,21 @@ def prune_model(
     if not tok_path.is_file():
         raise UserError(f"{tdir}: no tokenizer.json (prune rewrites the fast tokenizer's file)")
     tok_json = json.loads(tok_path.read_text(encoding="utf-8"))
-    cut = int(exp["first_new_id"]) + keep
-    removed = prune_tokenizer_json(tok_json, cut)
+    first = int(exp["first_new_id"])
+    per_source: dict[str, Counter[int]] | None = None
+    counts: Counter[int] | None = None
+    if sources is not None and rank_by != "order":
+        full_tok = AutoTokenizer.from_pretrained(str(tdir), trust_remote_code=trust_remote_code)
+        per_source = {name: count_new_token_uses(full_tok, texts, first) for name, texts in sources.items()}
+        counts = Counter()
+        for c in per_source.values():
+            counts.update(c)
+        log.info("counted %d uses of %d new tokens in %d sources", sum(counts.values()), len(counts), len(per_source))
+    kept = choose_kept(RANKINGS[rank_by](exp, per_source), keep, first, _bpe_parts(tok_json))
+    if len(kept) != keep:
+        raise UserError(f"{field}: only {len(kept)} new tokens fit with the parts their merges need (asked for {keep})")
+    cut = first + keep
+    removed = prune_tokenizer_json(tok_json, first, kept)
 
     with tempfile.TemporaryDirectory(prefix="koemb-prune-") as tmp:
         tmp_dir = Path(tmp)
@@ -116,33 +268,58 @@ def prune_model(
         (tmp_dir / "tokenizer.json").write_text(json.dumps(tok_json, ensure_ascii=False), encoding="utf-8")
         cfg_path = tmp_dir / "tokenizer_config.json"
         if cfg_path.is_file():
-            # added_tokens_decoder names added tokens by id: drop the removed ones too.
+            # added_tokens_decoder names added tokens by id: drop the removed ones, renumber the kept ones.
             cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
             dec = cfg.get("added_tokens_decoder") or {}
-            cfg["added_tokens_decoder"] = {k: v for k, v in dec.items() if int(k) < cut}
+            new_id = {old: first + k for k, old in enumerate(kept)}
+            cfg["added_tokens_decoder"] = {
+                str(j): v for k, v in dec.items() if (j := _reindex(int(k), first, new_id)) is not None
+            }
             cfg_path.write_text(json.dumps(cfg, ensure_ascii=False, indent=2), encoding="utf-8")
         tokenizer = AutoTokenizer.from_pretrained(str(tmp_dir), trust_remote_code=trust_remote_code)
     if len(tokenizer) != cut:
         raise UserError(f"{tok_path}: after pruning the tokenizer has {len(tokenizer)} ids, expected {cut}")
 
     net, _ = load_base_model(src, trust_remote_code=trust_remote_code)
-    rows_now = int(net.get_input_embeddings().weight.shape[0])
+    emb = net.get_input_embeddings()
+    rows_now = int(emb.weight.shape[0])
+    if kept != list(range(first, cut)):
+        # Move the kept rows to their new ids (rows first..cut-1); an untied output head moves with them.
+        idx = torch.tensor(kept, dtype=torch.long)
+        heads = [emb.weight]
+        outp = net.get_output_embeddings()
+        if outp is not None and outp.weight is not emb.weight:
+            heads.append(outp.weight)
+        with torch.no_grad():
+            for w in heads:
+                w[first:cut] = w[idx].clone()
     rows_before = int((exp.get("rows") or {}).get("before", cut))
     rows = max(cut, rows_before)
     if rows < rows_now:
         # Truncation copies the first `rows` rows (and a tied or untied output head alike).
         net.resize_token_embeddings(rows, mean_resizing=False)
 
+    by_id = {int(t["id"]): t for t in exp["tokens"]}
+    tokens = []
+    for k, old in enumerate(kept):
+        t = {**by_id[old], "id": first + k}
+        if counts is not None:
+            t["uses"] = int(counts.get(old, 0))
+        tokens.append(t)
     exp_out = dict(exp)
-    exp_out["tokens"] = exp["tokens"][:keep]
+    exp_out["tokens"] = tokens
     exp_out["added"] = keep
     exp_out["vocab_size"] = cut
-    exp_out["pruned"] = {"from": n_new, "kept": keep, "removed": removed, "rows": {"before": rows_now, "after": rows}}
+    exp_out["pruned"] = {
+        "from": n_new, "kept": keep, "rank_by": rank_by,
+        **({"corpus": list(per_source), "corpus_uses": int(sum(counts.values()))} if per_source is not None and counts is not None else {}),
+        "removed": removed, "rows": {"before": rows_now, "after": rows},
+    }
     if isinstance(exp_out.get("rows"), dict):
         exp_out["rows"] = {**exp_out["rows"], "after": rows, "expanded_tokenizer": cut}
     max_len = saved_max_seq_length(src)
-    recipe = {"step": "koemb model prune", "model": str(src), "new_tokens": f"{keep} of {n_new}", "rows": rows}
-    log.info("kept %d of %d new tokens: ids < %d, rows %d -> %d", keep, n_new, cut, rows_now, rows)
+    recipe = {"step": "koemb model prune", "model": str(src), "new_tokens": f"{keep} of {n_new}", "rank_by": rank_by, "rows": rows}
+    log.info("kept %d of %d new tokens (%s): ids < %d, rows %d -> %d", keep, n_new, rank_by, cut, rows_now, rows)
     return save_sentence_transformer(
         net, tokenizer, out, resolve_preset(src, None), max_seq_length=max_len, expansion=exp_out, recipe=recipe,
         title=f"{src.name}, {keep} of {n_new} new tokens", overwrite=overwrite,

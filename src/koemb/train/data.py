@@ -104,11 +104,11 @@ def cover_new_tokens(
     present: set[int] = set()
     for i in range(0, len(examples), 1024):
         chunk = examples[i : i + 1024]
-        texts = [t for e in chunk for t in _texts_of(e)]
+        texts = [t for e in chunk for t in texts_of(e)]
         ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
         k = 0
         for e in chunk:
-            n = len(_texts_of(e))
+            n = len(texts_of(e))
             new = [t for row in ids[k : k + n] for t in row if t >= first_new_id]
             k += n
             present.update(new)
@@ -122,7 +122,7 @@ def cover_new_tokens(
     return kept, stats
 
 
-def _texts_of(e: Example) -> list[str]:
+def texts_of(e: Example) -> list[str]:
     return [e.text] if e.text is not None else [e.query or "", e.positive or "", *e.negatives]
 
 

@@ -32,6 +32,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
@@ -111,6 +112,14 @@ class PruneConfig(StrictModel):
         description=(
             "New tokens `final/` keeps: the first N in expansion order (most frequent first). Rows of rare tokens "
             "barely train and read worse than the base's pieces; stages/<last>/ keeps them all."
+        ),
+    )
+    rank_by: Literal["order", "usage", "balanced"] = Field(
+        "order",
+        description=(
+            "Which N: `order` = the first N in expansion order; `usage` = the N the expanded tokenizer emits most "
+            "on this run's training text (the tokenizer corpus and every stage's data; more token saving per kept "
+            "row); `balanced` = the same with each of those sources weighing equally (its uses as a share of its own)."
         ),
     )
 
@@ -589,6 +598,24 @@ def _check_prune(cfg: PipelineConfig, expanded: Path) -> None:
         raise UserError(f"prune.keep_new_tokens ({cfg.prune.keep_new_tokens}) must be below the {n_new} new tokens of {expanded}")
 
 
+def _training_sources(cfg: PipelineConfig) -> dict[str, Iterator[str]]:
+    """The texts of the tokenizer corpus and of every stage's data, one source per entry, each entry once
+    (for `prune.rank_by: usage | balanced`)."""
+    from koemb.train.data import read_entry, texts_of
+
+    def texts(entry) -> Iterator[str]:
+        for e in read_entry(entry):
+            yield from texts_of(e)
+
+    out: dict[str, Iterator[str]] = {}
+    for entry in [*(cfg.tokenizer.corpus if cfg.tokenizer else []), *(d for st in cfg.stages for d in st.data)]:
+        # A file two stages read (at other weights) is one source, counted once.
+        name = (entry.path or f"hub:{entry.hub.repo}") + (f" (first {entry.limit})" if entry.limit else "")
+        if name not in out:
+            out[name] = texts(entry)
+    return out
+
+
 def final_step(cfg: PipelineConfig, out: Path, last: Path, base: str) -> Path:
     """final/ = the last stage, then (if configured) pruned, then interpolated towards its anchor."""
     final = out / "final"
@@ -601,8 +628,9 @@ def final_step(cfg: PipelineConfig, out: Path, last: Path, base: str) -> Path:
             from koemb.model.prune import prune_model
 
             dest = final if cfg.interpolate is None else Path(tmp) / "pruned"
-            src = prune_model(src, dest, cfg.prune.keep_new_tokens, overwrite=True, field="prune.keep_new_tokens",
-                              trust_remote_code=cfg.trust_remote_code)
+            sources = _training_sources(cfg) if cfg.prune.rank_by != "order" else None
+            src = prune_model(src, dest, cfg.prune.keep_new_tokens, rank_by=cfg.prune.rank_by, sources=sources,
+                              overwrite=True, field="prune.keep_new_tokens", trust_remote_code=cfg.trust_remote_code)
         if cfg.interpolate is not None:
             from koemb.model.interpolate import interpolate_models
 
