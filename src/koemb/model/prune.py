@@ -159,7 +159,7 @@ def count_new_token_uses(tokenizer: Any, texts: Iterable[str], first_new_id: int
     return counts
 
 
-def _bpe_parts(tok: dict[str, Any]) -> dict[int, tuple[int, int]]:
+def bpe_parts(tok: dict[str, Any]) -> dict[int, tuple[int, int]]:
     """BPE: token id -> the ids of the two parts its merge joins."""
     model = tok["model"]
     if model.get("type") != "BPE":
@@ -254,7 +254,7 @@ def prune_model(
         for c in per_source.values():
             counts.update(c)
         log.info("counted %d uses of %d new tokens in %d sources", sum(counts.values()), len(counts), len(per_source))
-    kept = choose_kept(RANKINGS[rank_by](exp, per_source), keep, first, _bpe_parts(tok_json))
+    kept = choose_kept(RANKINGS[rank_by](exp, per_source), keep, first, bpe_parts(tok_json))
     if len(kept) != keep:
         raise UserError(f"{field}: only {len(kept)} new tokens fit with the parts their merges need (asked for {keep})")
     cut = first + keep
