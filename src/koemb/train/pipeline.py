@@ -8,7 +8,7 @@ CLI only parses flags. Output layout under OUT:
     tokenizer/           the expanded tokenizer + expansion.json (and donor/ when a donor is trained)
     expanded/            the initialised expanded model (sentence-transformers folder + expansion.json)
     stages/<name>/       one sentence-transformers folder per stage, written when the stage ends
-    final/               the last stage's model (with `prune:`, only its first N new tokens; with
+    final/               the last stage's model (with `prune:`, only N of its new tokens; with
                          `interpolate:`, moved back towards the base or an earlier stage)
     eval/                what `koemb evaluate` writes: results.json (base, expanded, every stage), report.md, charts
     checkpoints/         training checkpoints (model folders never hold any)
@@ -105,12 +105,12 @@ class EvaluationConfig(StrictModel):
 
 
 class PruneConfig(StrictModel):
-    """After the last stage, `final/` keeps only the first N new tokens (`koemb model prune`)."""
+    """After the last stage, `final/` keeps only N of the new tokens (`koemb model prune`)."""
 
     keep_new_tokens: int = Field(
         gt=0,
         description=(
-            "New tokens `final/` keeps: the first N in expansion order (most frequent first). Rows of rare tokens "
+            "How many new tokens `final/` keeps (which ones: `rank_by`). Rows of rare tokens "
             "barely train and read worse than the base's pieces; stages/<last>/ keeps them all."
         ),
     )
@@ -166,7 +166,7 @@ class PipelineConfig(StrictModel):
     init: InitConfig = Field(default_factory=InitConfig)
     expanded_model: str | None = Field(None, description="Start the stages from this expanded model (skip tokenizer + init).")
     evaluation: EvaluationConfig | None = None
-    prune: PruneConfig | None = Field(None, description="Keep only the first N new tokens in final/ (the stages keep all).")
+    prune: PruneConfig | None = Field(None, description="Keep only N of the new tokens in final/ (the stages keep all).")
     interpolate: InterpolateConfig | None = Field(
         None, description="Make final/ a weight-space interpolation between the last stage and the base (or an earlier stage)."
     )
