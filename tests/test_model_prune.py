@@ -146,6 +146,22 @@ def test_choose_kept_closes_bpe_merges_and_skips_what_does_not_fit():
     assert choose_kept([13, 10, 12], 2, 10, {}) == [10, 13]  # Unigram/WordPiece: no parts
 
 
+def test_prune_tokenizer_json_renumbers_and_refuses_what_it_cannot():
+    from koemb.model.prune import prune_tokenizer_json
+
+    uni = {"model": {"type": "Unigram", "unk_id": 0, "vocab": [["<unk>", 0.0], ["a", -1.0], ["b", -2.0], ["c", -3.0]]},
+           "added_tokens": [{"id": 4, "content": "<x>"}]}
+    removed = prune_tokenizer_json(uni, 2, [3])  # keep 'c' only: it becomes id 2; the added token <x> goes
+    assert uni["model"]["vocab"] == [["<unk>", 0.0], ["a", -1.0], ["c", -3.0]] and uni["added_tokens"] == []
+    assert removed == {"model_vocab": 1, "merges": 0, "added_tokens": 1}
+    wp = {"model": {"type": "WordPiece", "vocab": {"[UNK]": 0, "x": 1, "y": 2, "z": 3}}, "added_tokens": [{"id": 3, "content": "z"}]}
+    prune_tokenizer_json(wp, 2, [3])
+    assert wp["model"]["vocab"] == {"[UNK]": 0, "x": 1, "z": 2} and wp["added_tokens"] == [{"id": 2, "content": "z"}]
+    bad = {"model": {"type": "Unigram", "vocab": [["<unk>", 0.0], ["a", -1.0]]}, "added_tokens": [{"id": 2, "content": "<x>"}]}
+    with pytest.raises(UserError, match="new token id 2 is not a Unigram piece"):
+        prune_tokenizer_json(bad, 1, [2])
+
+
 def test_usage_prune_keeps_the_most_used_tokens_with_their_rows(tmp_path):
     base_dir = me5_small_dir()
     docs = ko_docs(300)

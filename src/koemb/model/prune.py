@@ -15,7 +15,9 @@ Which tokens go (`rank_by`, a registry: `RANKINGS`):
   14,000 most used reach the 15% line on every Korean set where the first 14,000 do not (docs/results.md).
   Without a corpus, `usage` reads the counts `koemb vocab expand` stored (`corpus_count`: the expansion's corpus).
 - `balanced`: as `usage`, but each source (a training file) counts as a share of its own uses, so a small
-  source of another kind of text (encyclopaedic pairs beside chat logs) weighs as much as a large one.
+  source of another kind of text (encyclopaedic pairs beside chat logs) weighs as much as a large one. On the
+  e5 study it saved more tokens per kept row and scored lower at equal compression: the small source's tokens
+  are rare in the rest of the training text, so their rows trained less.
 
 The kept tokens get the ids `first_new_id .. first_new_id + keep - 1` in their old relative order (a prefix
 keeps its ids), their rows move with them, and everything else at or above first_new_id is removed from the
@@ -70,8 +72,11 @@ def prune_tokenizer_json(tok: dict[str, Any], first: int, kept: list[int]) -> di
     removed = {"model_vocab": 0, "merges": 0, "added_tokens": 0}
     if kind == "Unigram":
         vocab = model["vocab"]  # list of [piece, score]; the id is the position
+        if kept and kept[-1] >= len(vocab):
+            # The position is the id: a kept token past the pieces (an added token) would be renumbered wrongly.
+            raise UserError(f"new token id {kept[-1]} is not a Unigram piece (the model has {len(vocab)}); cannot renumber it")
         removed["model_vocab"] = max(len(vocab) - first - len(kept), 0)
-        model["vocab"] = vocab[:first] + [vocab[i] for i in kept if i < len(vocab)]
+        model["vocab"] = vocab[:first] + [vocab[i] for i in kept]
         if model.get("unk_id") is not None and model["unk_id"] >= first:
             raise UserError(f"the Unigram unk_id {model['unk_id']} is a new token (>= {first}); prune keeps the base's ids only")
     elif kind in ("BPE", "WordPiece", "WordLevel"):
