@@ -136,13 +136,14 @@ def test_a_pickle_only_anchor_needs_allow_pickle(qwen_pair, tmp_path):
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
 
 
-def test_a_usage_pruned_model_mixes_its_moved_rows_with_the_same_tokens_of_an_earlier_stage(qwen_pair, qwen_dir, tmp_path):
+@pytest.mark.parametrize("rank_by", ["usage", "balanced"])
+def test_a_model_pruned_by_use_mixes_its_moved_rows_with_the_same_tokens_of_an_earlier_stage(qwen_pair, qwen_dir, tmp_path, rank_by):
     from koemb.model.prune import prune_model
 
     tiny, trained = qwen_pair
     # The earlier stage: the same expansion before the weights moved (all 40 new tokens, other rows).
     earlier = expand_model(tiny, trained.parent / "tok", tmp_path / "earlier", init="random", seed=3)
-    pruned = prune_model(trained, tmp_path / "pruned", 15, rank_by="usage", sources={"docs": ko_docs(600)[300:]})
+    pruned = prune_model(trained, tmp_path / "pruned", 15, rank_by=rank_by, sources={"a": ko_docs(450)[300:], "b": ko_docs(600)[450:]})
     info = json.loads((pruned / "expansion.json").read_text(encoding="utf-8"))
     moved_ids = [t["id"] for t in info["tokens"]]
     exp_t = json.loads((trained / "expansion.json").read_text(encoding="utf-8"))

@@ -8,9 +8,10 @@ default, chosen before looking at any evaluation.
 
 Vocabulary: the anchor is the base model (fewer tokens) or an earlier stage (possibly more new tokens, before
 a prune). Rows are interpolated for the ids both tokenizers share, which must be the same tokens (after a
-prune that ranked by usage and so renumbered the new tokens, a new token is matched by its text instead,
-and the anchor must have them all). Every other row is the trained model's (an embedding row exists only on one side, or the anchor's row past its
-own tokenizer is a spare row that was never trained: e5-small's 35). Everything else must match in shape.
+prune ranked by use, which renumbers the new tokens, a new token is matched by its text instead, and the
+anchor must have them all). Every other row is the trained model's (an embedding row exists only on one
+side, or the anchor's row past its own tokenizer is a spare row that was never trained: e5-small's 35).
+Everything else must match in shape.
 The output keeps the trained model's tokenizer, pooling, prompts and expansion.json.
 """
 
@@ -93,8 +94,8 @@ def shared_token_rows(
     """(n, moved): the model and the anchor name the same tokens at ids 0..n-1, and `moved` pairs each later
     model id with the anchor id of the same token.
 
-    renumbered_from: the model's first new id when a usage-ranked prune renumbered its new tokens (expansion.json
-    `pruned.rank_by: usage`): from there on a token is matched by its text, and every one of them must be
+    renumbered_from: the model's first new id when a prune ranked by use renumbered its new tokens (expansion.json
+    `pruned.rank_by` other than `order`): from there on a token is matched by its text, and every one of them must be
     among the anchor's (an earlier stage of the same run has them all). Any other difference is an error:
     the anchor is not this model's base or earlier stage."""
     a, m = _vocab_by_id(anchor_tok), _vocab_by_id(model_tok)
@@ -116,7 +117,7 @@ def shared_token_rows(
     if missing:
         raise UserError(
             f"{anchor}: lacks {len(missing)} of the new tokens {model} kept (first: {missing[0]!r}); the anchor of a "
-            "usage-pruned model must be its base or an earlier stage of the same run"
+            "model pruned by use must be its base or an earlier stage of the same run"
         )
     return shared, [(i, where[m[i]]) for i in range(shared, len(m))]
 
@@ -154,7 +155,7 @@ def interpolate_models(
     tok_m = AutoTokenizer.from_pretrained(str(transformer_dir(src)), trust_remote_code=trust_remote_code)
     tok_a = AutoTokenizer.from_pretrained(str(anchor_where), trust_remote_code=trust_remote_code)
     exp = read_expansion(src)
-    renumbered = exp is not None and (exp.get("pruned") or {}).get("rank_by") == "usage"
+    renumbered = exp is not None and (exp.get("pruned") or {}).get("rank_by", "order") != "order"
     shared, moved = shared_token_rows(
         tok_a, tok_m, anchor=str(anchor), model=str(src), renumbered_from=int(exp["first_new_id"]) if renumbered else None
     )
