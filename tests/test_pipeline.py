@@ -131,7 +131,7 @@ def test_cli_validate_names_the_bad_field(tmp_path, capsys):
     assert main(["validate", "--config", str(path), "--set", f"stages.1.data.0.path={scored}", "--set", "stages.1.objective=[cosent]"]) == 0
 
 
-def test_prune_makes_final_keep_the_first_new_tokens(tmp_path):
+def test_prune_makes_final_keep_the_first_or_the_most_used_new_tokens(tmp_path):
     from transformers import AutoTokenizer
 
     from koemb.resources import KO_SAMPLE
