@@ -148,7 +148,7 @@ def test_a_model_pruned_by_use_mixes_its_moved_rows_with_the_same_tokens_of_an_e
     moved_ids = [t["id"] for t in info["tokens"]]
     exp_t = json.loads((trained / "expansion.json").read_text(encoding="utf-8"))
     id_in = {t["text"]: t["id"] for t in exp_t["tokens"]}  # the same ids in `earlier` and `trained`
-    assert [id_in[t["text"]] for t in info["tokens"]] != moved_ids  # the usage ranking renumbered them
+    assert [id_in[t["text"]] for t in info["tokens"]] != moved_ids  # the ranking by use renumbered them
 
     out = interpolate_models(earlier, pruned, tmp_path / "mid", 0.5)
     e, p, m = (load_file(str(f / "model.safetensors"))[EMB] for f in (earlier, pruned, out))

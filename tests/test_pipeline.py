@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from koemb.cli import main
 from koemb.config import validate_model
 from koemb.errors import UserError
+from koemb.model.prune import bpe_parts, choose_kept, count_new_token_uses
 from koemb.train.pipeline import PipelineConfig, _training_sources, final_step, load_pipeline, run_pipeline, validate_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -161,9 +162,20 @@ def test_prune_makes_final_keep_the_first_or_the_most_used_new_tokens(tmp_path):
     final_step(cfg, out, last, str(out / "base-not-read"))
     info = json.loads((final / "expansion.json").read_text())
     assert info["pruned"]["rank_by"] == "usage" and info["pruned"]["corpus_uses"] > 0
-    sources = _training_sources(cfg)  # the corpus entry and the stage's (another limit): two sources
-    assert [len(list(t)) for t in sources.values()] == [300, 200] and info["pruned"]["corpus"] == list(sources)
-    assert min(t["uses"] for t in info["tokens"]) > 0
+    sources = {k: list(v) for k, v in _training_sources(cfg).items()}  # the corpus entry and the stage's (another limit)
+    assert [len(t) for t in sources.values()] == [300, 200] and info["pruned"]["corpus"] == list(sources)
+    # The kept tokens are those the last stage's tokenizer emits most on those texts (ties: expansion order),
+    # with the merge parts this BPE needs (choose_kept's closure, tested on its own in test_model_prune.py).
+    exp_last = json.loads((last / "expansion.json").read_text())
+    first = exp_last["first_new_id"]
+    counts = count_new_token_uses(AutoTokenizer.from_pretrained(str(last)), [t for v in sources.values() for t in v], first)
+    order = [t["id"] for t in exp_last["tokens"]]
+    ranked = sorted(order, key=lambda i: (-counts[i], order.index(i)))
+    kept = choose_kept(ranked, 20, first, bpe_parts(json.loads((last / "tokenizer.json").read_text())))
+    assert kept != sorted(order[:20])  # the most used are not the first 20 here: the ranking is what is checked
+    text_of = {t["id"]: t["text"] for t in exp_last["tokens"]}
+    assert [t["text"] for t in info["tokens"]] == [text_of[i] for i in kept]
+    assert [t["uses"] for t in info["tokens"]] == [counts[i] for i in kept]
 
     raw["prune"] = {"keep_new_tokens": 100}  # = tokenizer.settings.max_new_tokens: nothing to prune
     with pytest.raises(UserError, match=r"prune\.keep_new_tokens \(100\) must be below tokenizer\.settings\.max_new_tokens"):

@@ -151,7 +151,8 @@ def count_new_token_uses(tokenizer: Any, texts: Iterable[str], first_new_id: int
     buf: list[str] = []
 
     def flush() -> None:
-        for row in tokenizer(buf, add_special_tokens=False)["input_ids"]:
+        # verbose=False: long training texts are counted whole, not fed to a model; no length warning.
+        for row in tokenizer(buf, add_special_tokens=False, verbose=False)["input_ids"]:
             counts.update(i for i in row if i >= first_new_id)
         buf.clear()
 
