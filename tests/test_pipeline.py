@@ -109,6 +109,18 @@ def test_shipped_configs_validate(qwen_dir):
         validate_pipeline(bad, "seed.yaml")
 
 
+def test_the_e5_twin_trains_exactly_the_profiles_stages_that_need_no_new_rows():
+    # The twin (no new tokens) is the study's control: its result only means "what the data is worth" while its
+    # stages are the profile's, so an edit to one without the other fails here.
+    profile = load_pipeline(REPO / "configs" / "me5-small-ko.yaml")
+    twin = load_pipeline(REPO / "configs" / "me5-small-twin.yaml")
+    assert twin.tokenizer is None and twin.expanded_model == twin.base_model == profile.base_model
+    assert [s.name for s in twin.stages] == ["stage2-all-rows", "stage4-lora", "stage5-cosent"]
+    assert twin.stages == [s for s in profile.stages if s.name in {"stage2-all-rows", "stage4-lora", "stage5-cosent"}]
+    assert twin.interpolate == profile.interpolate and twin.evaluation == profile.evaluation
+    assert twin.prune is None
+
+
 def test_cli_validate_names_the_bad_field(tmp_path, capsys):
     cfg = small_config()
     cfg["stages"][0]["lerning_rate"] = 1
