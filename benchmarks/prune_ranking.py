@@ -22,6 +22,7 @@ import argparse
 import copy
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 from tokenizers import Tokenizer
@@ -31,7 +32,7 @@ from koemb.eval.suite import load_suite
 from koemb.eval.tasks import TASK_TYPES, read_task_data
 from koemb.model.expand import read_expansion
 from koemb.model.files import transformer_dir
-from koemb.model.prune import RANKINGS, bpe_parts, choose_kept, corpus_sources, count_new_token_uses, prune_tokenizer_json
+from koemb.model.prune import RANKINGS, _by_score, bpe_parts, choose_kept, corpus_sources, count_new_token_uses, prune_tokenizer_json
 
 HANGUL = re.compile("[\uac00-\ud7a3]")
 
@@ -51,16 +52,11 @@ def tokens_per_hangul(tok: Tokenizer, texts: list[str]) -> float:
 
 def rank_savings(exp: dict, per_source: dict) -> list[int]:
     """New ids by the tokens they save on the corpus: uses x (len(base_ids) - 1), highest first."""
-    uses: dict[int, int] = {}
-    for c in per_source.values():
-        for i, v in c.items():
-            uses[i] = uses.get(i, 0) + v
-    ids = [int(t["id"]) for t in exp["tokens"]]
     if any("base_ids" not in t for t in exp["tokens"]):
         raise SystemExit("rank by savings needs each new token's base_ids in expansion.json (koemb model expand writes them)")
-    saved = {int(t["id"]): uses.get(int(t["id"]), 0) * max(len(t["base_ids"]) - 1, 0) for t in exp["tokens"]}
-    pos = {i: k for k, i in enumerate(ids)}
-    return sorted(ids, key=lambda i: (-saved[i], pos[i]))
+    uses: Counter[int] = sum(per_source.values(), Counter())
+    saved = {int(t["id"]): uses[int(t["id"])] * max(len(t["base_ids"]) - 1, 0) for t in exp["tokens"]}
+    return _by_score(exp, saved)  # ties keep the expansion's order, as koemb's rankings do
 
 
 RANKS = {**RANKINGS, "savings": rank_savings}
