@@ -165,3 +165,30 @@ def test_cosent_matches_hand_computation_and_reads_only_the_order():
     assert cosent(a, b, torch.full((3,), 2.0)).item() == 0.0
     with pytest.raises(ValueError, match="scores"):
         cosent(a, b, torch.zeros(2))
+
+
+def test_dual_segmentation_adds_the_base_reading_and_an_agreement_that_pulls_only_the_expanded_side():
+    from koemb.train.data import TextBatch
+    from koemb.train.objectives import DualSegmentation, Objective
+
+    g = torch.Generator().manual_seed(0)
+    q, p = torch.randn(4, 8, generator=g), torch.randn(4, 8, generator=g)
+    batch = TextBatch(query=[f"q{i}" for i in range(4)], positive=[f"p{i}" for i in range(4)], negative=[], positive_keys=[f"p{i}" for i in range(4)], negative_keys=[])
+    obj = Objective.model_validate({"infonce": {"temperature": 0.1}})
+    single, _ = obj.loss({"query": q, "positive": p}, batch, None)
+    # Both readings equal: no disagreement, the objective counted once per reading.
+    total, logged = DualSegmentation(weight=0.5).loss(obj, {"query": q, "positive": p}, {"query": q, "positive": p}, batch, None)
+    assert logged["loss_agree"] == pytest.approx(0.0, abs=1e-6)
+    assert total.item() == pytest.approx(1.5 * single.item(), rel=1e-6)
+    assert set(logged) == {"loss_infonce", "base_loss_infonce", "loss_agree"}
+    # The agreement by hand: mean of 1 - cos over every text of every role; gradient only into the expanded reading.
+    qe, pe = q.clone().requires_grad_(True), (p + torch.randn(4, 8, generator=g)).requires_grad_(True)
+    qb, pb = q.clone().requires_grad_(True), p.clone().requires_grad_(True)
+    dual = DualSegmentation(weight=0.0, agree=2.0)
+    total, logged = dual.loss(obj, {"query": qe, "positive": pe}, {"query": qb, "positive": pb}, batch, None)
+    want = (1 - F.cosine_similarity(torch.cat([qe, pe]), torch.cat([q, p]))).mean()
+    assert logged["loss_agree"] == pytest.approx(want.item(), rel=1e-5)
+    assert "base_loss_infonce" not in logged  # weight 0: the base reading is only the agreement's target
+    total.backward()
+    assert qb.grad is None and pb.grad is None
+    assert pe.grad is not None and pe.grad.abs().sum() > 0

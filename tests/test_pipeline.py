@@ -237,3 +237,22 @@ def test_a_bert_family_stage_saves_only_the_checkpoints_weights(tmp_path):
     assert set(after) == set(before)
     emb = "embeddings.word_embeddings.weight"
     assert not torch.equal(after[emb], before[emb])  # the step did train
+
+
+def test_koemb_train_gives_a_dual_segmentation_stage_the_base_tokenizer(tmp_path, qwen_dir):
+    """No distillation teacher in this config: the base model's tokenizer is loaded for the second reading alone."""
+    from tests.test_train import tiny_expanded, write_data
+
+    model = tiny_expanded(tmp_path / "m", qwen_dir)
+    pairs, _ = write_data(tmp_path)
+    stage = {"name": "dual", "train": "new_rows", "objective": "infonce", "dual_segmentation": {"agree": 1.0}, "data": [{"path": str(pairs)}],
+             "lr": 1e-2, "steps": 2, "batch_size": 4, "max_length": 32}
+    cfg = {"base_model": str(qwen_dir), "expanded_model": str(model), "runtime": {"progress": False}, "stages": [stage]}
+    cfg_file = tmp_path / "dual.yaml"
+    cfg_file.write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    out = tmp_path / "out"
+    assert main(["train", "--config", str(cfg_file), "--out", str(out)]) == 0
+    rec = [json.loads(l) for l in (out / "logs" / "train.jsonl").read_text().splitlines()]
+    assert all({"loss_agree", "base_loss_infonce"} <= set(r) for r in rec if "loss" in r)
+    assert load_pipeline(out / "config.yaml").stages[0].dual_segmentation.agree == 1.0
+    assert (out / "stages" / "dual" / "model.safetensors").is_file() and not (out / "cache").exists()

@@ -216,6 +216,19 @@ def _same_negatives_everywhere(batch: TextBatch, device: torch.device) -> TextBa
     return dataclasses.replace(batch, negative=[batch.negative[j] for j in idx], negative_keys=[batch.negative_keys[j] for j in idx])
 
 
+def _check_base_tokenizer(base_tokenizer: Any, first_new_id: int | None, where: str) -> None:
+    """The base reading feeds base ids to the expanded model: they must all be old rows."""
+    if first_new_id is None:
+        raise UserError(f"{where}: needs an expanded model (its expansion.json names the first new id); this model has none")
+    if base_tokenizer is None:
+        raise UserError(f"{where}: needs the base model's tokenizer (set base_model)")
+    if len(base_tokenizer) > first_new_id:
+        raise UserError(
+            f"{where}: the base tokenizer has {len(base_tokenizer)} tokens but this model's new rows start at id {first_new_id}; "
+            "expected the tokenizer of the model this one was expanded from (base_model)"
+        )
+
+
 def _micro_step(
     module: nn.Module,
     batch: TextBatch,
@@ -227,8 +240,12 @@ def _micro_step(
     scale: float,
     sync: bool,
     inject: float | None = None,
+    base_tokenizer: Any = None,
 ) -> tuple[float, dict[str, float], int]:
-    """Forward + backward of one micro-batch; returns (loss, per-objective losses, real tokens)."""
+    """Forward + backward of one micro-batch; returns (loss, per-objective losses, real tokens).
+
+    With `stage.dual_segmentation`, `base_tokenizer` reads the same texts a second time (base ids only).
+    """
     dev = accelerator.device
     if accelerator.num_processes > 1:
         batch = _same_negatives_everywhere(batch, dev)
@@ -237,7 +254,9 @@ def _micro_step(
     # same padded inputs (Qwen3's positions shift with left padding) as the direct path.
     words = stage.objective.word_level  # word-level distillation: word vectors beside the pooled ones
     encs = {r: {k: v.to(dev) for k, v in tokenize(tokenizer, texts, spec, words=words).items()} for r, texts in groups.items()}
-    n_tokens = int(sum(e["attention_mask"].sum() for e in encs.values()))
+    dual = stage.dual_segmentation
+    base_encs = {r: {k: v.to(dev) for k, v in tokenize(base_tokenizer, texts, spec).items()} for r, texts in groups.items()} if dual else {}
+    n_tokens = int(sum(e["attention_mask"].sum() for e in (*encs.values(), *base_encs.values())))
     teacher_embs: dict[str, torch.Tensor] | None = None
     if teacher is not None and words:
         teacher_embs = {}
@@ -261,7 +280,11 @@ def _micro_step(
                     embs.update({r: p, f"words:{r}": w, f"nwords:{r}": n})
                 else:
                     embs[r] = embed(module, e, spec)
-            loss, parts = stage.objective.loss(embs, batch, teacher_embs)
+            if dual:
+                base_embs = {r: embed(module, e, spec) for r, e in base_encs.items()}
+                loss, parts = dual.loss(stage.objective, embs, base_embs, batch, teacher_embs)
+            else:
+                loss, parts = stage.objective.loss(embs, batch, teacher_embs)
             if inject is not None:  # KOEMB_FAULT=nan_loss:N: a real non-finite loss, gradients included
                 loss = loss * inject
             accelerator.backward(loss * scale)
@@ -306,13 +329,17 @@ def train_stage(
     teacher: Teacher | None = None,
     sources: list[Source] | None = None,
     resume: bool = False,
+    base_tokenizer: Any = None,
 ) -> nn.Module | None:
     """Train one stage and return the plain model (new rows written back, LoRA merged).
 
     With `resume`, continues from this stage's newest checkpoint in `runtime.checkpoint_dir`
     (model must be this stage's INPUT model: checkpoints hold only the trainable parameters).
     Returns None when `runtime.stop_after_steps` stopped the stage early (a simulated crash).
+    `base_tokenizer` (the base model's) is needed by a stage with `dual_segmentation`.
     """
+    if stage.dual_segmentation is not None:
+        _check_base_tokenizer(base_tokenizer, first_new_id, f"{runtime.where}.{stage_index}.dual_segmentation")
     torch.manual_seed(stage.seed)
     if runtime.gradient_checkpointing:
         # Non-reentrant: works when the inputs need no grad (frozen embeddings, LoRA) without tricks.
@@ -393,7 +420,8 @@ def train_stage(
                 src, idx = plan[(step * accum + m) * world + rank]
                 batch = collate([sources[src].examples[i] for i in idx], stage.query_prompt, stage.seed, (step * accum + m) * world + rank)
                 loss, parts, n_tok = _micro_step(
-                    module, batch, tokenizer, spec, stage, teacher, accelerator, 1.0 / accum, sync=m == accum - 1, inject=inject
+                    module, batch, tokenizer, spec, stage, teacher, accelerator, 1.0 / accum, sync=m == accum - 1, inject=inject,
+                    base_tokenizer=base_tokenizer,
                 )
                 losses.append(loss)
                 acc = by_source.setdefault(names[src], [0.0, 0])

@@ -173,3 +173,39 @@ class Objective(StrictModel):
             total = weight * value if total is None else total + weight * value
         assert total is not None, "check_sources guarantees an objective for every source"
         return total, logged
+
+
+class DualSegmentation(StrictModel):
+    """Each text read twice by the same network: with the expanded tokenizer and with the base one.
+
+    The expanded model keeps every old id, so the base tokenisation is a valid input too, and it is the one the
+    network was pretrained on. The stage's objective is applied to both readings, and an agreement term pulls
+    the expanded reading's embedding towards the base reading's (no gradient through the base side): the
+    base reading trains as a model without new tokens would (the "twin", which gains more than the expanded
+    model on the e5 study), and the expanded reading follows a teacher that improves with it, where a fixed
+    teacher (the base model, or the trained twin) is what stages 1-3 fall short of. About twice the compute
+    per step. Saved models read only the expanded tokenisation: the base reading exists only in training.
+    """
+
+    weight: float = Field(1.0, ge=0, description="Weight of the stage's objective on the base reading (0: agreement only).")
+    agree: float = Field(1.0, gt=0, description="Weight of the agreement term (1 - cosine of the two readings' embeddings).")
+    relational: float = Field(
+        0.0, ge=0, description="Adds the similarity-matrix term of `distill` to the agreement (the batch's geometry)."
+    )
+
+    def loss(
+        self, objective: Objective, embs: Embeddings, base_embs: Embeddings, batch: TextBatch, teacher: Embeddings | None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The objective on both readings plus the agreement; embs, base_embs: role -> (n, D) of the same texts."""
+        total, logged = objective.loss(embs, batch, teacher)
+        if self.weight:
+            on_base, base_logged = objective.loss(base_embs, batch, teacher)
+            total = total + self.weight * on_base
+            logged.update({f"base_{k}": v for k, v in base_logged.items()})
+        roles = [r for r in ROLES if r in embs and r in base_embs]
+        s = torch.cat([embs[r] for r in roles])  # (n, D)
+        t = torch.cat([base_embs[r] for r in roles]).detach()  # (n, D): the base reading is the target, not pulled
+        agree = distill(s, t, kind="cosine", relational=self.relational)
+        logged["loss_agree"] = float(agree.detach())
+        return total + self.agree * agree, logged
+

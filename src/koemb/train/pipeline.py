@@ -204,6 +204,11 @@ class PipelineConfig(StrictModel):
     def needs_teacher(self) -> bool:
         return any(s.objective.needs_teacher for s in self.stages)
 
+    @property
+    def needs_base(self) -> bool:
+        """Whether training reads the base model: a distillation teacher, or a second (base) tokenisation."""
+        return self.needs_teacher or any(s.dual_segmentation is not None for s in self.stages)
+
 
 def _resolve(value: Any, base: Path, always: bool) -> Any:
     """`value` made absolute against `base` when it is a relative local path; hub ids and builtins stay."""
@@ -510,12 +515,15 @@ def train_stages(
     if not (current / "config.json").is_file():
         raise UserError(f"{current}: not a model folder (no config.json); run `koemb run` or give --model")
     teacher = None
+    base_tok = None
+    if cfg.needs_base and base is None:  # builtin:tiny-qwen3 is rebuilt identically (seeded), by one process
+        if acc.is_main_process:
+            _base_folder(cfg, out)
+        acc.wait_for_everyone()
+        base = str(out / "base") if cfg.base_model == BUILTIN_TINY else cfg.base_model
+    if cfg.needs_base:
+        base_tok = AutoTokenizer.from_pretrained(base, trust_remote_code=cfg.trust_remote_code)
     if cfg.needs_teacher:
-        if base is None:  # builtin:tiny-qwen3 is rebuilt identically (seeded), by one process
-            if acc.is_main_process:
-                _base_folder(cfg, out)
-            acc.wait_for_everyone()
-            base = str(out / "base") if cfg.base_model == BUILTIN_TINY else cfg.base_model
         check_model_safe(base, "base_model", trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
         tpreset = resolve_preset(base, cfg.preset)
         tmodel = AutoModel.from_pretrained(
@@ -523,8 +531,7 @@ def train_stages(
             **no_pooler_kwargs(base),
         ).to(acc.device).eval()
         tmodel.requires_grad_(False)
-        tbase_tok = AutoTokenizer.from_pretrained(base, trust_remote_code=cfg.trust_remote_code)
-        teacher = Teacher(tmodel, tbase_tok, EncodeSpec.from_preset(tpreset), cfg.runtime.teacher_batch_size)
+        teacher = Teacher(tmodel, base_tok, EncodeSpec.from_preset(tpreset), cfg.runtime.teacher_batch_size)
         teacher.load(out / "cache" / "teacher.safetensors")
     rt = Runtime(
         checkpoint_dir=out / "checkpoints", log_dir=out / "logs", checkpoint_every=cfg.runtime.checkpoint_every,
@@ -557,7 +564,7 @@ def train_stages(
             )
         trained = train_stage(
             net, tok, stage, stage_index=i, spec=spec, first_new_id=_first_new_id(current), runtime=rt,
-            accelerator=acc, teacher=teacher, resume=resume,
+            accelerator=acc, teacher=teacher, resume=resume, base_tokenizer=base_tok,
         )
         if acc.is_main_process:
             if teacher is not None:

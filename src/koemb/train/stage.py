@@ -11,7 +11,7 @@ from pydantic import Field, field_validator, model_validator
 
 from koemb.config import StrictModel
 from koemb.data.build_train import HubSource
-from koemb.train.objectives import Objective
+from koemb.train.objectives import DualSegmentation, Objective
 from koemb.train.setups import TrainSpec
 
 
@@ -47,6 +47,10 @@ class StageConfig(StrictModel):
     name: str = Field(description="Folder-safe name: letters, digits, '-', '_', '.'.")
     train: TrainSpec = Field(description="new_rows | all_rows | full | {kind: lora, r, alpha, dropout, target_modules}.")
     objective: Objective = Field(default_factory=lambda: Objective(infonce={}))
+    dual_segmentation: DualSegmentation | None = Field(
+        None, description="Also read every text with the base tokenizer through the same network: the objective on both "
+        "readings and an agreement term (`objectives.DualSegmentation`). Needs an expanded model; about twice the compute.",
+    )
     data: list[DataEntry] = Field(min_length=1)
     lr: float = Field(gt=0, description="Peak learning rate.")
     weight_decay: float = Field(0.01, ge=0)
@@ -83,6 +87,15 @@ class StageConfig(StrictModel):
         # GradCache caches one pooled vector per text; the word-level term needs every word's vector.
         if self.objective.word_level and self.grad_cache_chunk:
             raise ValueError("objective.distill.words needs the direct path: remove grad_cache_chunk (or set words: 0)")
+        return self
+
+    @model_validator(mode="after")
+    def _dual_direct_path(self) -> StageConfig:
+        # Both are implemented on the direct path only: GradCache caches one pooled vector per text and role.
+        if self.dual_segmentation is not None and self.grad_cache_chunk:
+            raise ValueError("dual_segmentation needs the direct path: remove grad_cache_chunk")
+        if self.dual_segmentation is not None and self.objective.word_level:
+            raise ValueError("dual_segmentation does not combine with objective.distill.words: set words: 0")
         return self
 
     def total_steps(self, n_examples: int, world_size: int) -> int:
