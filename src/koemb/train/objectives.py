@@ -208,4 +208,3 @@ class DualSegmentation(StrictModel):
         agree = distill(s, t, kind="cosine", relational=self.relational)
         logged["loss_agree"] = float(agree.detach())
         return total + self.agree * agree, logged
-
