@@ -385,3 +385,40 @@ def test_dual_segmentation_needs_the_base_tokenizer_of_an_expanded_model(tiny_di
         train_stage(model, exp_tok, cfg, stage_index=0, spec=read_spec(tiny_dir, 48), first_new_id=None, runtime=rt, accelerator=Accelerator(cpu=True), base_tokenizer=exp_tok)
     with pytest.raises(UserError, match="grad_cache_chunk"):
         validate_model(StageConfig, {**cfg.model_dump(mode="json"), "grad_cache_chunk": 4}, "cfg.yaml")
+
+
+def test_model_dropout_off_leaves_lora_dropout_and_is_restored(tmp_path):
+    """On the REAL e5-small (BERT dropout 0.1): a LoRA stage distilled towards the same network. LoRA starts at
+    zero, so with the network's dropout off the student IS the teacher at step 1 (loss 0) although the adapter's
+    own dropout (0.5) stays on; with it on, dropout noise alone is a loss. Afterwards the model's p is back."""
+    from peft import LoraConfig, get_peft_model
+
+    from koemb.train.loop import Teacher, silence_dropout
+    from test_encoder import me5_small_dir
+
+    e5 = me5_small_dir()
+    pairs, _ = write_data(tmp_path, n=8)
+    tok = AutoTokenizer.from_pretrained(str(e5))
+    spec = read_spec(e5, 48)
+    teacher_net = AutoModel.from_pretrained(str(e5), dtype=torch.float32, add_pooling_layer=False).eval().requires_grad_(False)
+    first = {}
+    for off in (False, True):
+        cfg = stage([pairs], train={"kind": "lora", "r": 4, "alpha": 8, "dropout": 0.5, "target_modules": ["query", "value"]},
+                    objective={"distill": {"kind": "cosine"}}, model_dropout=not off, steps=1, lr=1e-4)
+        model = AutoModel.from_pretrained(str(e5), dtype=torch.float32, add_pooling_layer=False)
+        rt = Runtime(checkpoint_dir=tmp_path / str(off) / "ckpt", log_dir=tmp_path / str(off) / "logs", progress=False)
+        trained = train_stage(model, tok, cfg, stage_index=0, spec=spec, first_new_id=None, runtime=rt,
+                              accelerator=Accelerator(cpu=True), teacher=Teacher(teacher_net, tok, spec, 8))
+        first[off] = json.loads((tmp_path / str(off) / "logs" / "train.jsonl").read_text().splitlines()[0])["loss_distill"]
+        drops = [m.p for m in trained.modules() if isinstance(m, torch.nn.Dropout)]
+        assert drops and all(p == 0.1 for p in drops)  # restored (and saved configs never changed)
+    assert first[True] < 1e-6 < 1e-3 < first[False], first
+
+    # What is silenced: the network's dropout layers, not the adapter's.
+    model = get_peft_model(AutoModel.from_pretrained(str(e5), dtype=torch.float32, add_pooling_layer=False),
+                           LoraConfig(r=4, lora_alpha=8, lora_dropout=0.5, target_modules=["query"]))
+    saved = silence_dropout(model)
+    lora_drops = [m for n, m in model.named_modules() if isinstance(m, torch.nn.Dropout) and "lora_dropout" in n]
+    assert lora_drops and all(m.p == 0.5 for m in lora_drops)
+    assert len(saved) == sum(1 for m in model.modules() if isinstance(m, torch.nn.Dropout)) - len(lora_drops)
+    assert all(m.p == 0.0 for m, _, _ in saved)

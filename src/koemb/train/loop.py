@@ -383,6 +383,7 @@ def train_stage(
 
     module, optimizer = accelerator.prepare(module, optimizer)
     module.train()
+    restore_dropout = [] if stage.model_dropout else silence_dropout(module)
     logger = RunLogger(runtime.log_dir, accelerator.is_main_process)
 
     def checkpoint(step: int) -> None:
@@ -478,6 +479,8 @@ def train_stage(
         if progress:
             progress.stop()
         logger.close()
+        for m, attr, value in restore_dropout:
+            setattr(m, attr, value)
     if stopped:
         return None
     # accelerate keeps every prepared model and optimizer; drop this stage's before the next one.
@@ -488,6 +491,29 @@ def train_stage(
         plain.activation_checkpointing_disable()
     plain.eval()
     return plain
+
+
+def silence_dropout(module: nn.Module) -> list[tuple[nn.Module, str, float]]:
+    """Set the network's own dropout probabilities to 0 in place; return (module, attribute, value) to restore.
+
+    Train mode stays on (gradient checkpointing runs only in train mode). BERT-family attention reads its
+    `nn.Dropout`'s p, Qwen3 a float `attention_dropout`; peft's `lora_dropout` is the adapter's and is kept.
+    Measured on e5-small + the study's new rows (256-token Korean texts): the mean cosine distance from the
+    expanded reading to the base reading is 0.016 in eval mode, 0.025 with dropout, so dropout noise is a
+    third of what a distillation stage fits.
+    """
+    saved: list[tuple[nn.Module, str, float]] = []
+    for name, m in module.named_modules():
+        if "lora_dropout" in name.split("."):
+            continue
+        if isinstance(m, nn.Dropout) and m.p > 0:
+            saved.append((m, "p", m.p))
+            m.p = 0.0
+        value = getattr(m, "attention_dropout", None)
+        if isinstance(value, float) and value > 0:
+            saved.append((m, "attention_dropout", value))
+            m.attention_dropout = 0.0
+    return saved
 
 
 def _non_finite(losses: list[float], grad_norm: float) -> str | None:

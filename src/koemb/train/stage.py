@@ -62,6 +62,11 @@ class StageConfig(StrictModel):
         None, gt=0, description="GradCache: embed in chunks of this many texts so the contrastive batch can exceed memory."
     )
     max_length: int = Field(512, gt=1)
+    model_dropout: bool = Field(
+        True,
+        description="False: the network's own dropout is 0 during this stage (LoRA's `dropout` stays as set). For "
+        "distillation stages: the student's dropout noise is otherwise a large share of its distance to the teacher.",
+    )
     steps: int | None = Field(None, gt=0, description="Optimizer steps; or give `epochs`.")
     epochs: float | None = Field(None, gt=0)
     seed: int = 42
