@@ -411,8 +411,8 @@ def test_model_dropout_off_leaves_lora_dropout_and_is_restored(tmp_path):
                               accelerator=Accelerator(cpu=True), teacher=Teacher(teacher_net, tok, spec, 8))
         first[off] = json.loads((tmp_path / str(off) / "logs" / "train.jsonl").read_text().splitlines()[0])["loss_distill"]
         drops = [m.p for m in trained.modules() if isinstance(m, torch.nn.Dropout)]
-        assert drops and all(p == 0.1 for p in drops)  # restored (and saved configs never changed)
-    assert first[True] < 1e-6 < 1e-3 < first[False], first
+        assert drops and all(p == 0.1 for p in drops)  # restored after the stage
+    assert first[True] < 1e-6 and first[False] > 1e-3, first
 
     # What is silenced: the network's dropout layers, not the adapter's.
     model = get_peft_model(AutoModel.from_pretrained(str(e5), dtype=torch.float32, add_pooling_layer=False),
