@@ -7,12 +7,15 @@ ranking and N, the change in tokens per Hangul syllable against the base tokeniz
 evaluation suite, side by side in one run. Tokenizer only: no model is loaded, nothing is written.
 One more ranking lives here and not in koemb, `savings`: uses x (base pieces the token stands for - 1), the
 tokens a row saves. Session 13 measured it within 0.2 points of `usage` at every N (docs/results.md).
+`fidelity` runs the model once to measure each new token's damage (minutes on a CPU for an e5-small study);
+`--damage FILE` keeps that measurement (read if the file exists, written if not), and `koemb`'s
+`prune_model(..., damage=...)` takes it, so a prune at the N chosen here need not measure it again.
 
 usage: python benchmarks/prune_ranking.py --model outputs/me5-small-ko/stages/stage5-cosent \
            --base /tmp/koemb-models/me5-small --suite configs/suites/me5-study.yaml \
            --corpus outputs/me5-study-data/train/unlabeled/*.jsonl outputs/me5-study-data/e5/texts.jsonl \
                outputs/me5-study-data/e5/pairs/*.jsonl \
-           --keep 12000 13000 14000 16000
+           --keep 12000 13000 14000 16000 [--rank-by usage fidelity --damage outputs/stage5-damage.json]
 (the --corpus files are the study's tokenizer corpus and every stage's data: what `prune: {rank_by: ...}` counts on)
 """
 
@@ -31,6 +34,7 @@ from transformers import AutoTokenizer
 from koemb.eval.suite import load_suite
 from koemb.eval.tasks import TASK_TYPES, read_task_data
 from koemb.model.expand import read_expansion
+from koemb.model.fidelity import ContextSampler, new_token_damage
 from koemb.model.files import transformer_dir
 from koemb.model.prune import RANKINGS, _by_score, bpe_parts, choose_kept, corpus_sources, count_new_token_uses, prune_tokenizer_json
 
@@ -50,7 +54,7 @@ def tokens_per_hangul(tok: Tokenizer, texts: list[str]) -> float:
     return n / sum(len(HANGUL.findall(t)) for t in texts)
 
 
-def rank_savings(exp: dict, per_source: dict) -> list[int]:
+def rank_savings(exp: dict, per_source: dict, damage: dict | None = None) -> list[int]:
     """New ids by the tokens they save on the corpus: uses x (len(base_ids) - 1), highest first."""
     if any("base_ids" not in t for t in exp["tokens"]):
         raise SystemExit("rank by savings needs each new token's base_ids in expansion.json (koemb model expand writes them)")
@@ -69,7 +73,8 @@ def main() -> None:
     ap.add_argument("--suite", required=True, type=Path, help="An evaluation suite; its sts and retrieval tasks are measured.")
     ap.add_argument("--corpus", nargs="+", required=True, type=Path, help="Training files, one source each.")
     ap.add_argument("--keep", nargs="+", type=int, required=True)
-    ap.add_argument("--rank-by", nargs="+", default=sorted(RANKS), choices=sorted(RANKS))
+    ap.add_argument("--rank-by", nargs="+", default=sorted(set(RANKS) - {"fidelity"}), choices=sorted(RANKS))
+    ap.add_argument("--damage", type=Path, help="fidelity: a JSON file of each new id's damage (read if it exists, else measured and written).")
     args = ap.parse_args()
 
     exp = read_expansion(args.model)
@@ -79,7 +84,16 @@ def main() -> None:
     tdir = transformer_dir(args.model)
     tok_json = json.loads((tdir / "tokenizer.json").read_text(encoding="utf-8"))
     full = AutoTokenizer.from_pretrained(str(tdir))
-    per_source = {name: count_new_token_uses(full, texts, first) for name, texts in corpus_sources(args.corpus).items()}
+    measure = "fidelity" in args.rank_by and not (args.damage and args.damage.is_file())
+    sampler = ContextSampler(first) if measure else None
+    per_source = {name: count_new_token_uses(full, texts, first, sampler=sampler) for name, texts in corpus_sources(args.corpus).items()}
+    damage = None
+    if sampler is not None:
+        damage = new_token_damage(args.model, sampler, {int(t["id"]): t["base_ids"] for t in exp["tokens"]})
+        if args.damage:
+            args.damage.write_text(json.dumps({str(k): v for k, v in damage.items()}), encoding="utf-8")
+    elif "fidelity" in args.rank_by:
+        damage = {int(k): float(v) for k, v in json.loads(args.damage.read_text(encoding="utf-8")).items()}
 
     suite = load_suite(args.suite)
     sets = {
@@ -95,7 +109,7 @@ def main() -> None:
     print("|---|---|" + "---|" * len(base_tph))
     for n in args.keep:
         for rank in args.rank_by:
-            kept = choose_kept(RANKS[rank](exp, per_source), n, first, parts)
+            kept = choose_kept(RANKS[rank](exp, per_source, damage), n, first, parts)
             tj = copy.deepcopy(tok_json)
             prune_tokenizer_json(tj, first, kept)
             tok = raw_tokenizer(tj)

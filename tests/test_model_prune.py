@@ -129,9 +129,9 @@ def test_prune_errors_name_the_problem(qwen_expanded, tmp_path, capsys):
     docs = tmp_path / "docs.txt"
     docs.write_text("\n".join(ko_docs(50)), encoding="utf-8")
     assert main(["model", "prune", "--model", str(qwen_expanded), "--keep", "5", "--out", str(tmp_path / "c"), "--corpus", str(docs)]) == 2
-    assert "--corpus counts token uses: it needs --rank-by usage or balanced" in capsys.readouterr().err
+    assert "--corpus counts token uses: it needs --rank-by usage, balanced or fidelity" in capsys.readouterr().err
     assert main(["model", "prune", "--model", str(qwen_expanded), "--keep", "5", "--out", str(tmp_path / "d"), "--rank-by", "often"]) == 2
-    assert "rank_by must be one of balanced, order, usage; got 'often'" in capsys.readouterr().err
+    assert "rank_by must be one of balanced, fidelity, order, usage; got 'often'" in capsys.readouterr().err
     assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
     ok = ["model", "prune", "--model", str(qwen_expanded), "--keep", "5", "--out", str(tmp_path / "e"), "--rank-by", "usage"]
     assert main([*ok, "--corpus", str(docs)]) == 0
@@ -240,3 +240,86 @@ def test_usage_and_balanced_rankings_weigh_sources_differently():
     assert RANKINGS["order"](exp, per_source) == [10, 11, 12]
     with pytest.raises(UserError, match="rank by balanced needs a corpus"):
         RANKINGS["balanced"]({"tokens": [{"id": 10}]}, None)
+
+
+def test_fidelity_ranking_orders_by_pieces_saved_per_damage():
+    from collections import Counter
+
+    from koemb.model.prune import RANKINGS
+
+    exp = {"tokens": [{"id": 10, "base_ids": [1, 2, 3]}, {"id": 11, "base_ids": [4, 5]},
+                      {"id": 12, "base_ids": [6, 7]}, {"id": 13, "base_ids": [8, 9]}, {"id": 14, "base_ids": [1, 4]}]}
+    per_source = {"a": Counter({10: 50, 11: 2, 12: 5, 14: 1})}
+    # 10 saves 2 pieces at 0.01 (200 per unit), 11 saves 1 at 0.001 (1000), 14 saves 1 at 0.1 (10);
+    # 12 and 13 were never measured: after every measured token, by use.
+    damage = {10: 0.01, 11: 0.001, 14: 0.1}
+    assert RANKINGS["fidelity"](exp, per_source, damage) == [11, 10, 14, 12, 13]
+    with pytest.raises(UserError, match="rank by fidelity needs each new token's measured damage"):
+        RANKINGS["fidelity"](exp, per_source)
+
+
+def test_context_sampler_and_spell_out(qwen_dir):
+    from koemb.model.fidelity import ContextSampler, spell_out, special_frame
+
+    s = ContextSampler(first=100, per_token=2, width=4)
+    s.add([1, 100, 2, 100, 100, 3, 101])  # chunks [1, 100, 2, 100] and [100, 3, 101]
+    s.add([100, 5])  # 100 has its two occurrences already
+    assert s.chunks == [([1, 100, 2, 100], [1, 3]), ([100, 3, 101], [2])]
+    assert s.taken == {100: 2, 101: 1}
+    pieces = {100: [7, 8], 101: [9, 9, 9]}
+    assert spell_out([1, 100, 2, 101], pieces) == [1, 7, 8, 2, 9, 9, 9]
+    assert spell_out([1, 100, 2, 101], pieces, keep=1) == [1, 100, 2, 9, 9, 9]
+    # Where each real tokenizer puts its special tokens around a text.
+    assert special_frame(AutoTokenizer.from_pretrained(str(me5_small_dir()))) == ([0], [2])
+    assert special_frame(AutoTokenizer.from_pretrained(str(qwen_dir))) == ([], [151643])
+
+
+def test_fidelity_prune_drops_the_token_whose_row_is_wrong(tmp_path):
+    """On the real e5-small: one new token's row replaced by another word's row moves every chunk it is in far
+    from the chunk's base pieces; fidelity ranks it last and prunes it, where usage keeps it (the most used)."""
+    from safetensors.torch import save_file
+
+    from koemb.model.fidelity import ContextSampler, new_token_damage
+
+    base_dir = me5_small_dir()
+    docs = ko_docs(300)
+    train_donor(load_tokenizer(base_dir), docs, 2000, tmp_path / "donor")
+    tok = tmp_path / "tok"
+    expand_tokenizer(load_tokenizer(base_dir), tok, donor=str(tmp_path / "donor"), docs=docs,
+                     settings=ExpansionSettings(method="unigram", max_new_tokens=30))
+    model = expand_model(base_dir, tok, tmp_path / "e5x", init="mean")
+    exp = json.loads((model / "expansion.json").read_text(encoding="utf-8"))
+    first = exp["first_new_id"]
+    texts = ko_docs(300)
+    counts = count_new_token_uses(AutoTokenizer.from_pretrained(str(model)), texts, first)
+    worst = counts.most_common(1)[0][0]
+
+    # Sabotage: the most used new token gets the row of an English word (no Korean piece means that).
+    base_tok = AutoTokenizer.from_pretrained(str(base_dir))
+    word = base_tok.convert_tokens_to_ids("▁computer")
+    emb = "embeddings.word_embeddings.weight"
+    weights = load_file(str(model / "model.safetensors"))
+    weights[emb][worst] = weights[emb][word].clone()
+    save_file(weights, str(model / "model.safetensors"), metadata={"format": "pt"})
+
+    sampler = ContextSampler(first)
+    count_new_token_uses(AutoTokenizer.from_pretrained(str(model)), texts, first, sampler=sampler)
+    assert all(0 < n <= 3 for n in sampler.taken.values()) and sampler.taken[worst] == 3
+    pieces = {t["id"]: t["base_ids"] for t in exp["tokens"]}
+    damage = new_token_damage(model, sampler, pieces)
+    others = sorted(v for k, v in damage.items() if k != worst)
+    assert damage[worst] > 3 * others[len(others) // 2]  # far above the median of the mean-initialised rows
+    assert all(0 <= v < 1 for v in damage.values())
+
+    keep = len(exp["tokens"]) - 1
+    by_fidelity = json.loads((prune_model(model, tmp_path / "f", keep, rank_by="fidelity", sources={"ko": texts})
+                              / "expansion.json").read_text(encoding="utf-8"))
+    by_usage = json.loads((prune_model(model, tmp_path / "u", keep, rank_by="usage", sources={"ko": texts})
+                           / "expansion.json").read_text(encoding="utf-8"))
+    text_of = {t["id"]: t["text"] for t in exp["tokens"]}
+    assert text_of[worst] not in [t["text"] for t in by_fidelity["tokens"]]
+    assert text_of[worst] in [t["text"] for t in by_usage["tokens"]]
+    assert by_fidelity["pruned"]["rank_by"] == "fidelity"
+    assert all("damage" in t for t in by_fidelity["tokens"] if t["uses"] > 0)
+    with pytest.raises(UserError, match="rank by fidelity needs a corpus"):
+        prune_model(model, tmp_path / "g", keep, rank_by="fidelity")

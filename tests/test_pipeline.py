@@ -189,6 +189,14 @@ def test_prune_makes_final_keep_the_first_or_the_most_used_new_tokens(tmp_path):
     assert [t["text"] for t in info["tokens"]] == [text_of[i] for i in kept]
     assert [t["uses"] for t in info["tokens"]] == [counts[i] for i in kept]
 
+    # rank_by: fidelity runs the last stage on occurrences in the same texts and records each kept token's damage.
+    raw["prune"] = {"keep_new_tokens": 20, "rank_by": "fidelity"}
+    final_step(validate_model(PipelineConfig, raw, "test"), out, last, str(out / "base-not-read"))
+    info = json.loads((final / "expansion.json").read_text())
+    assert info["pruned"]["rank_by"] == "fidelity" and info["added"] == 20
+    measured = [t["damage"] for t in info["tokens"] if "damage" in t]
+    assert len(measured) >= 15 and all(0 <= d < 2 for d in measured)
+
     raw["prune"] = {"keep_new_tokens": 100}  # = tokenizer.settings.max_new_tokens: nothing to prune
     with pytest.raises(UserError, match=r"prune\.keep_new_tokens \(100\) must be below tokenizer\.settings\.max_new_tokens"):
         validate_model(PipelineConfig, raw, "test")

@@ -53,7 +53,8 @@ def prune(
         "order", "--rank-by",
         help="Which KEEP: order = the first in expansion order; usage = the most emitted on --corpus "
         "(without it, on the expansion's corpus as expansion.json counted it); balanced = usage with each "
-        "--corpus file weighing the same.",
+        "--corpus file weighing the same; fidelity = most base pieces saved per unit of damage (how far one occurrence "
+        "moves the model's embedding of a chunk of --corpus text from the chunk spelt out in base pieces; runs the model).",
     ),
     corpus: list[Path] = typer.Option(
         [], "--corpus", help="Training files to count uses on (.txt, .jsonl text or pairs), one source each; repeatable.",
@@ -66,7 +67,7 @@ def prune(
     from koemb.model.prune import corpus_sources, prune_model
 
     if corpus and rank_by == "order":
-        raise UserError("--corpus counts token uses: it needs --rank-by usage or balanced")
+        raise UserError("--corpus counts token uses: it needs --rank-by usage, balanced or fidelity")
     folder = prune_model(
         model, out, keep, rank_by=rank_by, sources=corpus_sources(corpus) if corpus else None,
         overwrite=overwrite, trust_remote_code=trust_remote_code,

@@ -18,6 +18,11 @@ Which tokens go (`rank_by`, a registry: `RANKINGS`):
   source of another kind of text (encyclopaedic pairs beside chat logs) weighs as much as a large one. On the
   e5 study it saved more tokens per kept row and scored lower at equal compression: the small source's tokens
   are rare in the rest of the training text, so their rows trained less.
+- `fidelity`: by base pieces saved per unit of damage, where a token's damage is how far ONE occurrence of it
+  moves the model's embedding of a short chunk of training text from the chunk spelt out in base pieces
+  (`koemb.model.fidelity`; it runs the model). If each occurrence costs its damage and saves its pieces - 1,
+  a text's total cost and saving are sums over its tokens, and keeping the best ratio first keeps the most
+  saving for the least cost whatever N is. Needs a corpus (the occurrences are sampled from it).
 
 The kept tokens get the ids `first_new_id .. first_new_id + keep - 1` in their old relative order (a prefix
 keeps its ids), their rows move with them, and everything else at or above first_new_id is removed from the
@@ -43,6 +48,7 @@ import torch
 
 from koemb.errors import UserError
 from koemb.model.expand import load_base_model, read_expansion
+from koemb.model.fidelity import ContextSampler, new_token_damage
 from koemb.model.files import saved_max_seq_length, transformer_dir
 
 log = logging.getLogger(__name__)
@@ -102,7 +108,7 @@ def prune_tokenizer_json(tok: dict[str, Any], first: int, kept: list[int]) -> di
     return removed
 
 
-def _rank_order(exp: dict[str, Any], per_source: dict[str, Counter[int]] | None) -> list[int]:
+def _rank_order(exp: dict[str, Any], per_source: dict[str, Counter[int]] | None, damage: Mapping[int, float] | None = None) -> list[int]:
     return [int(t["id"]) for t in exp["tokens"]]
 
 
@@ -119,14 +125,14 @@ def _by_score(exp: dict[str, Any], score: dict[int, float]) -> list[int]:
     return sorted(ids, key=lambda i: (-score.get(i, 0.0), pos[i]))
 
 
-def _rank_usage(exp: dict[str, Any], per_source: dict[str, Counter[int]] | None) -> list[int]:
+def _rank_usage(exp: dict[str, Any], per_source: dict[str, Counter[int]] | None, damage: Mapping[int, float] | None = None) -> list[int]:
     total: Counter[int] = Counter()
     for c in (per_source or _stored_counts(exp, "usage")).values():
         total.update(c)
     return _by_score(exp, dict(total))
 
 
-def _rank_balanced(exp: dict[str, Any], per_source: dict[str, Counter[int]] | None) -> list[int]:
+def _rank_balanced(exp: dict[str, Any], per_source: dict[str, Counter[int]] | None, damage: Mapping[int, float] | None = None) -> list[int]:
     # Each source's uses as a share of its own new-token uses, summed: a small source (a few thousand
     # encyclopaedic pairs) weighs as much as a large one (chat logs), so the kept vocabulary serves every
     # kind of text the run trains on rather than the largest.
@@ -138,15 +144,41 @@ def _rank_balanced(exp: dict[str, Any], per_source: dict[str, Counter[int]] | No
     return _by_score(exp, share)
 
 
-RANKINGS: dict[str, Callable[[dict[str, Any], dict[str, Counter[int]] | None], list[int]]] = {
+# A measured damage below this counts as this (a ratio needs a floor; ~1e-6 is float32 noise on `1 - cos`).
+DAMAGE_FLOOR = 1e-6
+
+
+def _rank_fidelity(exp: dict[str, Any], per_source: dict[str, Counter[int]] | None, damage: Mapping[int, float] | None = None) -> list[int]:
+    if damage is None:
+        raise UserError("rank by fidelity needs each new token's measured damage (prune_model measures it on --corpus)")
+    ratio = {
+        int(t["id"]): max(len(t.get("base_ids") or ()) - 1, 0) / max(damage[int(t["id"])], DAMAGE_FLOOR)
+        for t in exp["tokens"] if int(t["id"]) in damage
+    }
+    usage: Counter[int] = Counter()
+    for c in (per_source or {}).values():
+        usage.update(c)
+    # Tokens never sampled (unused on the corpus) have no ratio: they follow every measured one, by use
+    # (scaled into [0, 1), below the measured scores, which start at 1).
+    most = max(usage.values(), default=0) + 1
+    score = {int(t["id"]): usage.get(int(t["id"]), 0) / most for t in exp["tokens"]}
+    score.update({i: 1.0 + r for i, r in ratio.items()})
+    return _by_score(exp, score)
+
+
+RANKINGS: dict[str, Callable[..., list[int]]] = {
     "order": _rank_order,
     "usage": _rank_usage,
     "balanced": _rank_balanced,
+    "fidelity": _rank_fidelity,
 }
 
 
-def count_new_token_uses(tokenizer: Any, texts: Iterable[str], first_new_id: int, batch: int = 1024) -> Counter[int]:
-    """How often the tokenizer emits each new id (>= first_new_id) on `texts` (no truncation)."""
+def count_new_token_uses(
+    tokenizer: Any, texts: Iterable[str], first_new_id: int, batch: int = 1024, sampler: ContextSampler | None = None,
+) -> Counter[int]:
+    """How often the tokenizer emits each new id (>= first_new_id) on `texts` (no truncation); with `sampler`,
+    each text's ids also go to it (the occurrences `rank_by: fidelity` measures)."""
     counts: Counter[int] = Counter()
     buf: list[str] = []
 
@@ -154,6 +186,8 @@ def count_new_token_uses(tokenizer: Any, texts: Iterable[str], first_new_id: int
         # verbose=False: long training texts are counted whole, not fed to a model; no length warning.
         for row in tokenizer(buf, add_special_tokens=False, verbose=False)["input_ids"]:
             counts.update(i for i in row if i >= first_new_id)
+            if sampler is not None:
+                sampler.add(row)
         buf.clear()
 
     for t in texts:
@@ -219,14 +253,18 @@ def prune_model(
     overwrite: bool = False,
     trust_remote_code: bool = False,
     field: str = "--keep",
+    damage: Mapping[int, float] | None = None,
 ) -> Path:
     """Write a copy of the expanded sentence-transformers folder `model` with only `keep` of its new tokens.
 
     model: a folder written by koemb (`koemb model expand`, a stage, `final/`), with expansion.json.
     rank_by: which tokens stay (a key of RANKINGS): `order` the first `keep`; `usage` the `keep` most emitted on
         the texts of `sources` (name -> texts; without sources, on the expansion's corpus as expansion.json
-        records it); `balanced` the same with each source's uses as a share of that source's total.
+        records it); `balanced` the same with each source's uses as a share of that source's total; `fidelity`
+        the best (pieces saved) / (damage) first, the damage measured with this model on occurrences in `sources`.
     field: how the error message names `keep` (a CLI flag or a config field).
+    damage: for `fidelity`, each new id's damage measured already on this model (e.g. by
+        benchmarks/prune_ranking.py); measured here on `sources` when None.
     Returns the output folder; its expansion.json lists the kept tokens and records the pruning.
     """
     from transformers import AutoTokenizer
@@ -253,14 +291,24 @@ def prune_model(
     first = int(exp["first_new_id"])
     per_source: dict[str, Counter[int]] | None = None
     counts: Counter[int] | None = None
+    sampler: ContextSampler | None = None
+    if rank_by == "fidelity" and damage is None:
+        if sources is None:
+            raise UserError("rank by fidelity needs a corpus to sample the new tokens' occurrences from (give --corpus)")
+        if any(not t.get("base_ids") for t in exp["tokens"]):
+            raise UserError(f"{src / 'expansion.json'}: rank by fidelity needs each new token's base_ids (written by koemb model expand)")
+        sampler = ContextSampler(first)
     if sources is not None and rank_by != "order":
         full_tok = AutoTokenizer.from_pretrained(str(tdir), trust_remote_code=trust_remote_code)
-        per_source = {name: count_new_token_uses(full_tok, texts, first) for name, texts in sources.items()}
+        per_source = {name: count_new_token_uses(full_tok, texts, first, sampler=sampler) for name, texts in sources.items()}
         counts = Counter()
         for c in per_source.values():
             counts.update(c)
         log.info("counted %d uses of %d new tokens in %d sources", sum(counts.values()), len(counts), len(per_source))
-    kept = choose_kept(RANKINGS[rank_by](exp, per_source), keep, first, bpe_parts(tok_json))
+    if sampler is not None:
+        pieces = {int(t["id"]): [int(i) for i in t["base_ids"]] for t in exp["tokens"]}
+        damage = new_token_damage(src, sampler, pieces, trust_remote_code=trust_remote_code)
+    kept = choose_kept(RANKINGS[rank_by](exp, per_source, damage), keep, first, bpe_parts(tok_json))
     if len(kept) != keep:
         raise UserError(f"{field}: only {len(kept)} new tokens fit with the parts their merges need (asked for {keep})")
     cut = first + keep
@@ -311,6 +359,8 @@ def prune_model(
         t = {**by_id[old], "id": first + k}
         if counts is not None:
             t["uses"] = int(counts.get(old, 0))
+        if damage is not None and old in damage:
+            t["damage"] = round(damage[old], 6)
         tokens.append(t)
     exp_out = dict(exp)
     exp_out["tokens"] = tokens

@@ -114,12 +114,15 @@ class PruneConfig(StrictModel):
             "barely train and read worse than the base's pieces; stages/<last>/ keeps them all."
         ),
     )
-    rank_by: Literal["order", "usage", "balanced"] = Field(
+    rank_by: Literal["order", "usage", "balanced", "fidelity"] = Field(
         "order",
         description=(
             "Which N: `order` = the first N in expansion order; `usage` = the N the expanded tokenizer emits most "
             "on this run's training text (the tokenizer corpus and every stage's data; more token saving per kept "
-            "row); `balanced` = the same with each of those sources weighing equally (its uses as a share of its own)."
+            "row); `balanced` = the same with each of those sources weighing equally (its uses as a share of its own); "
+            "`fidelity` = the most base pieces saved per unit of damage, each token's damage measured by running the "
+            "last stage on occurrences in that text (how far one occurrence moves a chunk's embedding from the chunk "
+            "spelt out in base pieces).",
         ),
     )
 
