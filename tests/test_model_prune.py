@@ -162,14 +162,19 @@ def test_prune_tokenizer_json_renumbers_and_refuses_what_it_cannot():
         prune_tokenizer_json(bad, 1, [2])
 
 
-def test_usage_prune_keeps_the_most_used_tokens_with_their_rows(tmp_path):
+def e5_expanded(tmp_path: Path, n: int) -> Path:
+    """The real e5-small with `n` new Unigram tokens from a donor trained on the Korean sample, `mean` init."""
     base_dir = me5_small_dir()
     docs = ko_docs(300)
     train_donor(load_tokenizer(base_dir), docs, 2000, tmp_path / "donor")
     tok = tmp_path / "tok"
     expand_tokenizer(load_tokenizer(base_dir), tok, donor=str(tmp_path / "donor"), docs=docs,
-                     settings=ExpansionSettings(method="unigram", max_new_tokens=50))
-    model = expand_model(base_dir, tok, tmp_path / "e5x", init="mean")
+                     settings=ExpansionSettings(method="unigram", max_new_tokens=n))
+    return expand_model(base_dir, tok, tmp_path / "e5x", init="mean")
+
+
+def test_usage_prune_keeps_the_most_used_tokens_with_their_rows(tmp_path):
+    model = e5_expanded(tmp_path, 50)
     exp = json.loads((model / "expansion.json").read_text(encoding="utf-8"))
     first = exp["first_new_id"]
     texts = [line for line in KO_SAMPLE.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -281,13 +286,7 @@ def test_fidelity_prune_drops_the_token_whose_row_is_wrong(tmp_path):
 
     from koemb.model.fidelity import ContextSampler, new_token_damage
 
-    base_dir = me5_small_dir()
-    docs = ko_docs(300)
-    train_donor(load_tokenizer(base_dir), docs, 2000, tmp_path / "donor")
-    tok = tmp_path / "tok"
-    expand_tokenizer(load_tokenizer(base_dir), tok, donor=str(tmp_path / "donor"), docs=docs,
-                     settings=ExpansionSettings(method="unigram", max_new_tokens=30))
-    model = expand_model(base_dir, tok, tmp_path / "e5x", init="mean")
+    model = e5_expanded(tmp_path, 30)
     exp = json.loads((model / "expansion.json").read_text(encoding="utf-8"))
     first = exp["first_new_id"]
     texts = ko_docs(300)
@@ -295,7 +294,7 @@ def test_fidelity_prune_drops_the_token_whose_row_is_wrong(tmp_path):
     worst = counts.most_common(1)[0][0]
 
     # Sabotage: the most used new token gets the row of an English word (no Korean piece means that).
-    base_tok = AutoTokenizer.from_pretrained(str(base_dir))
+    base_tok = AutoTokenizer.from_pretrained(str(me5_small_dir()))
     word = base_tok.convert_tokens_to_ids("▁computer")
     emb = "embeddings.word_embeddings.weight"
     weights = load_file(str(model / "model.safetensors"))
