@@ -108,7 +108,7 @@ def new_token_damage(
     sampler: ContextSampler,
     pieces: Mapping[int, Sequence[int]],
     *,
-    batch_size: int = 64,
+    batch_size: int = 256,  # short sequences: big batches keep a CPU busy (e5-small, 2 cores: 37 vs 27 readings/s at 64)
     trust_remote_code: bool = False,
 ) -> dict[int, float]:
     """Mean `1 - cos` (plain reading vs one occurrence kept new) per new id over the sampler's chunks.
