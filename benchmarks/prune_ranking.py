@@ -4,7 +4,8 @@
 most emitted on the training text) or `balanced` (usage with each training file weighing the same). Quality
 follows how many stay (docs/results.md, session 11); the token saving follows which. This prints, for each
 ranking and N, the change in tokens per Hangul syllable against the base tokenizer on every Korean task of an
-evaluation suite, side by side in one run. Tokenizer only: no model is loaded, nothing is written.
+evaluation suite, side by side in one run. Tokenizer only (no model is loaded, nothing is written) unless
+`fidelity` is asked for (below).
 One more ranking lives here and not in koemb, `savings`: uses x (base pieces the token stands for - 1), the
 tokens a row saves. Session 13 measured it within 0.2 points of `usage` at every N (docs/results.md).
 `fidelity` runs the model once to measure each new token's damage (minutes on a CPU for an e5-small study);
@@ -69,7 +70,7 @@ RANKS = {**RANKINGS, "savings": rank_savings}
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, type=Path, help="An expanded model folder (with expansion.json), e.g. the last stage.")
-    ap.add_argument("--base", required=True, help="The base model or tokenizer folder (the 0% line).")
+    ap.add_argument("--base", required=True, help="The base model or tokenizer folder (the 0%% line).")
     ap.add_argument("--suite", required=True, type=Path, help="An evaluation suite; its sts and retrieval tasks are measured.")
     ap.add_argument("--corpus", nargs="+", required=True, type=Path, help="Training files, one source each.")
     ap.add_argument("--keep", nargs="+", type=int, required=True)
