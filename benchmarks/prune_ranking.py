@@ -3,8 +3,9 @@
 `koemb model prune` keeps N new tokens, ranked by `order` (the expansion's candidate order), `usage` (the
 most emitted on the training text) or `balanced` (usage with each training file weighing the same). Quality
 follows how many stay (docs/results.md, session 11); the token saving follows which. This prints, for each
-ranking and N, the change in tokens per Hangul syllable against the base tokenizer on every Korean task of an
-evaluation suite, side by side in one run. Tokenizer only (no model is loaded, nothing is written) unless
+ranking and N, the change in tokens per Hangul syllable against the base's segmentation on every Korean task of
+an evaluation suite, side by side in one run (`koemb.model.prune_curve`; `koemb model prune-curve` is the same
+measurement for one ranking, with a target). Tokenizer only (no model is loaded, nothing is written) unless
 `fidelity` is asked for (below).
 One more ranking lives here and not in koemb, `savings`: uses x (base pieces the token stands for - 1), the
 tokens a row saves. Session 13 measured it within 0.2 points of `usage` at every N (docs/results.md).
@@ -13,7 +14,7 @@ tokens a row saves. Session 13 measured it within 0.2 points of `usage` at every
 `prune_model(..., damage=...)` takes it, so a prune at the N chosen here need not measure it again.
 
 usage: python benchmarks/prune_ranking.py --model outputs/me5-small-ko/stages/stage5-cosent \
-           --base /tmp/koemb-models/me5-small --suite configs/suites/me5-study.yaml \
+           --suite configs/suites/me5-study.yaml \
            --corpus outputs/me5-study-data/train/unlabeled/*.jsonl outputs/me5-study-data/e5/texts.jsonl \
                outputs/me5-study-data/e5/pairs/*.jsonl \
            --keep 12000 13000 14000 16000 [--rank-by usage fidelity --damage outputs/stage5-damage.json]
@@ -23,13 +24,11 @@ usage: python benchmarks/prune_ranking.py --model outputs/me5-small-ko/stages/st
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import re
 from collections import Counter
 from pathlib import Path
 
-from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
 from koemb.eval.suite import load_suite
@@ -37,22 +36,10 @@ from koemb.eval.tasks import TASK_TYPES, read_task_data
 from koemb.model.expand import read_expansion
 from koemb.model.fidelity import ContextSampler, new_token_damage
 from koemb.model.files import transformer_dir
-from koemb.model.prune import RANKINGS, _by_score, bpe_parts, choose_kept, corpus_sources, count_new_token_uses, prune_tokenizer_json
+from koemb.model.prune import RANKINGS, _by_score, corpus_sources, count_new_token_uses
+from koemb.model.prune_curve import prune_curve
 
 HANGUL = re.compile("[\uac00-\ud7a3]")
-
-
-def raw_tokenizer(tok_json: dict) -> Tokenizer:
-    # The saved file may pad or truncate (a sentence-transformers folder): count every token of every text.
-    tok = Tokenizer.from_str(json.dumps(tok_json))
-    tok.no_padding()
-    tok.no_truncation()
-    return tok
-
-
-def tokens_per_hangul(tok: Tokenizer, texts: list[str]) -> float:
-    n = sum(len(e.ids) for e in tok.encode_batch(texts, add_special_tokens=False))
-    return n / sum(len(HANGUL.findall(t)) for t in texts)
 
 
 def rank_savings(exp: dict, per_source: dict, damage: dict | None = None) -> list[int]:
@@ -70,7 +57,6 @@ RANKS = {**RANKINGS, "savings": rank_savings}
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, type=Path, help="An expanded model folder (with expansion.json), e.g. the last stage.")
-    ap.add_argument("--base", required=True, help="The base model or tokenizer folder (the 0%% line).")
     ap.add_argument("--suite", required=True, type=Path, help="An evaluation suite; its sts and retrieval tasks are measured.")
     ap.add_argument("--corpus", nargs="+", required=True, type=Path, help="Training files, one source each.")
     ap.add_argument("--keep", nargs="+", type=int, required=True)
@@ -82,9 +68,7 @@ def main() -> None:
     if exp is None:
         raise SystemExit(f"{args.model}: no expansion.json")
     first = int(exp["first_new_id"])
-    tdir = transformer_dir(args.model)
-    tok_json = json.loads((tdir / "tokenizer.json").read_text(encoding="utf-8"))
-    full = AutoTokenizer.from_pretrained(str(tdir))
+    full = AutoTokenizer.from_pretrained(str(transformer_dir(args.model)))
     measure = "fidelity" in args.rank_by and not (args.damage and args.damage.is_file())
     sampler = ContextSampler(first) if measure else None
     per_source = {name: count_new_token_uses(full, texts, first, sampler=sampler) for name, texts in corpus_sources(args.corpus).items()}
@@ -102,20 +86,16 @@ def main() -> None:
         for t in suite.tasks
         if t.type in ("sts", "retrieval")
     }
-    base = raw_tokenizer(json.loads((transformer_dir(Path(args.base)) / "tokenizer.json").read_text(encoding="utf-8")))
-    base_tph = {k: tokens_per_hangul(base, v) for k, v in sets.items() if any(HANGUL.search(t) for t in v[:50])}
-    parts = bpe_parts(tok_json)
+    sets = {k: v for k, v in sets.items() if any(HANGUL.search(t) for t in v[:50])}
+    # The same texts with and without the new tokens: the change in tokens is the change in tokens per syllable.
+    curves = {rank: prune_curve(args.model, args.keep, sets, rank_by=rank, ranked=RANKS[rank](exp, per_source, damage)) for rank in args.rank_by}
     print(f"{len(exp['tokens'])} new tokens; {sum(sum(c.values()) for c in per_source.values())} uses in {len(per_source)} sources")
-    print("| N | rank_by | " + " | ".join(base_tph) + " |")
-    print("|---|---|" + "---|" * len(base_tph))
-    for n in args.keep:
-        for rank in args.rank_by:
-            kept = choose_kept(RANKS[rank](exp, per_source, damage), n, first, parts)
-            tj = copy.deepcopy(tok_json)
-            prune_tokenizer_json(tj, first, kept)
-            tok = raw_tokenizer(tj)
-            cells = [f"{100 * (tokens_per_hangul(tok, sets[k]) / b - 1):+.1f}%" for k, b in base_tph.items()]
-            print(f"| {n:,} | {rank} | " + " | ".join(cells) + " |", flush=True)
+    print("| N | rank_by | " + " | ".join(sets) + " |")
+    print("|---|---|" + "---|" * len(sets))
+    for n in sorted(set(args.keep)):
+        for rank, curve in curves.items():
+            point = next(p for p in curve.points if p.keep == n)
+            print(f"| {n:,} | {rank} | " + " | ".join(f"{-100 * point.reduction[k]:+.1f}%" for k in sets) + " |", flush=True)
 
 
 if __name__ == "__main__":

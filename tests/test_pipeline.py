@@ -14,7 +14,7 @@ from koemb.cli import main
 from koemb.config import validate_model
 from koemb.errors import UserError
 from koemb.model.prune import bpe_parts, choose_kept, count_new_token_uses
-from koemb.train.pipeline import PipelineConfig, _training_sources, final_step, load_pipeline, run_pipeline, validate_pipeline
+from koemb.train.pipeline import PipelineConfig, training_sources, final_step, load_pipeline, run_pipeline, validate_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -174,7 +174,7 @@ def test_prune_makes_final_keep_the_first_or_the_most_used_new_tokens(tmp_path):
     final_step(cfg, out, last, str(out / "base-not-read"))
     info = json.loads((final / "expansion.json").read_text())
     assert info["pruned"]["rank_by"] == "usage" and info["pruned"]["corpus_uses"] > 0
-    sources = {k: list(v) for k, v in _training_sources(cfg).items()}  # the corpus entry and the stage's (another limit)
+    sources = {k: list(v) for k, v in training_sources(cfg).items()}  # the corpus entry and the stage's (another limit)
     assert [len(t) for t in sources.values()] == [300, 200] and info["pruned"]["corpus"] == list(sources)
     # The kept tokens are those the last stage's tokenizer emits most on those texts (ties: expansion order),
     # with the merge parts this BPE needs (choose_kept's closure, tested on its own in test_model_prune.py).
@@ -188,6 +188,16 @@ def test_prune_makes_final_keep_the_first_or_the_most_used_new_tokens(tmp_path):
     text_of = {t["id"]: t["text"] for t in exp_last["tokens"]}
     assert [t["text"] for t in info["tokens"]] == [text_of[i] for i in kept]
     assert [t["uses"] for t in info["tokens"]] == [counts[i] for i in kept]
+    # `koemb model prune-curve --config` counts on the same texts: its point at 20 is final/'s tokenizer.
+    cfg_file, held_out, curve = tmp_path / "c.yaml", tmp_path / "held_out.txt", tmp_path / "curve.json"
+    cfg_file.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    held = KO_SAMPLE.read_text(encoding="utf-8").splitlines()[300:400]
+    held_out.write_text("\n".join(held) + "\n", encoding="utf-8")
+    assert main(["model", "prune-curve", "--model", str(last), "--config", str(cfg_file), "--text", str(held_out),
+                 "--keep", "20", "--out", str(curve)]) == 0
+    point = json.loads(curve.read_text(encoding="utf-8"))["points"][0]
+    pruned_tok = AutoTokenizer.from_pretrained(str(final))
+    assert point["tokens"]["held_out"] == sum(len(r) for r in pruned_tok([h for h in held if h.strip()], add_special_tokens=False)["input_ids"])
 
     # rank_by: fidelity runs the last stage on occurrences in the same texts and records each kept token's damage.
     raw["prune"] = {"keep_new_tokens": 20, "rank_by": "fidelity"}

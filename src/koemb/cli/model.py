@@ -79,6 +79,109 @@ def prune(
     )
 
 
+
+def _keeps(spec: str | None, step: int | None) -> list[int] | None:
+    from koemb.errors import UserError
+
+    if spec is None:
+        return None
+    try:
+        return [int(x.replace("_", "")) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"--keep: expected numbers separated by commas (e.g. 10000,12000,14000); got {spec!r}") from None
+
+
+@model_app.command("prune-curve")
+def prune_curve_cmd(
+    model: Path = typer.Option(..., "--model", help="Expanded folder with expansion.json: a model, or a tokenizer from `koemb vocab expand`."),
+    keep: str = typer.Option(None, "--keep", help="Numbers of new tokens to measure, comma-separated (e.g. 10000,12000,14000)."),
+    step: int = typer.Option(None, "--step", help="Measure every STEP new tokens, from STEP up to all of them (instead of --keep)."),
+    text: list[Path] = typer.Option([], "--text", help="Text to count tokens on (.txt, .jsonl text or pairs), one set per file; repeatable."),
+    suite: Path = typer.Option(None, "--suite", help="An evaluation suite YAML: count tokens on its tasks' texts (raw, without prompts)."),
+    task: list[str] = typer.Option([], "--task", help="With --suite: only these tasks (repeatable); default every task whose text is mostly Hangul."),
+    rank_by: str = typer.Option("usage", "--rank-by", help="Which tokens stay, as in `koemb model prune --rank-by`."),
+    corpus: list[Path] = typer.Option([], "--corpus", help="Training files to count uses on, as in `koemb model prune --corpus`; repeatable."),
+    config: Path = typer.Option(None, "--config", help="A `koemb run` config: count uses on its tokenizer corpus and stage data, as its `prune:` does."),
+    target: float = typer.Option(None, "--target", help="Report the smallest measured N that makes EVERY set at least this many percent shorter."),
+    out: Path = typer.Option(None, "--out", help="Write the curve as JSON here."),
+    plot: Path = typer.Option(None, "--plot", help="Write a PNG of the curve here."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model's own Python code."),
+) -> None:
+    """How much shorter text gets with N new tokens kept, for several N: pick `prune.keep_new_tokens` on compression alone."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from koemb.errors import UserError
+    from koemb.model.expand import read_expansion
+    from koemb.model.prune import corpus_sources
+    from koemb.model.prune_curve import hangul_share, prune_curve, write_curve_plot
+
+    if (keep is None) == (step is None):
+        raise UserError("give either --keep N,N,... or --step N")
+    if step is not None and step < 1:
+        raise UserError(f"--step must be at least 1; got {step}")
+    if corpus and config is not None:
+        raise UserError("give --corpus or --config, not both (both name the text to count token uses on)")
+    if (corpus or config is not None) and rank_by == "order":
+        raise UserError("--corpus / --config count token uses: they need --rank-by usage, balanced or fidelity")
+    if target is not None and not 0 < target < 100:
+        raise UserError(f"--target is a percentage between 0 and 100; got {target}")
+    if task and suite is None:
+        raise UserError("--task picks tasks of a suite: give --suite too")
+    sets: dict[str, list[str]] = {}
+    for f in text:
+        sets[f.stem] = [t for texts in corpus_sources([f]).values() for t in texts if t.strip()]
+    if suite is not None:
+        from koemb.eval.suite import load_suite
+        from koemb.eval.tasks import TASK_TYPES, read_task_data
+
+        s = load_suite(suite)
+        unknown = [t for t in task if t not in {x.name for x in s.tasks}]
+        if unknown:
+            raise UserError(f"--task {unknown[0]!r}: not a task of {suite} (tasks: {', '.join(x.name for x in s.tasks)})")
+        for spec in s.tasks:
+            if task and spec.name not in task:
+                continue
+            texts = TASK_TYPES[spec.type].raw_texts(read_task_data(spec.type, spec.reader, s.resolve_path(spec), spec.split))
+            if task or hangul_share(texts) >= 0.5:
+                sets[spec.name] = texts
+    if step is not None:
+        exp = read_expansion(model)
+        if exp is None:
+            raise UserError(f"{model}: no expansion.json; prune-curve works on a folder koemb expanded")
+        n_new = len(exp["tokens"])
+        keeps = list(range(step, n_new, step)) + [n_new]
+    else:
+        keeps = _keeps(keep, None) or []
+    sources = corpus_sources(corpus) if corpus else None
+    if config is not None:
+        from koemb.train.pipeline import load_pipeline, training_sources
+
+        sources = training_sources(load_pipeline(config))
+    curve = prune_curve(model, keeps, sets, rank_by=rank_by, sources=sources, trust_remote_code=trust_remote_code)
+    table = Table(title=f"fewer tokens than the base, {model.name} ({curve.new_tokens:,} new tokens, ranked by {rank_by})")
+    table.add_column("kept", justify="right")
+    for name in curve.base_tokens:
+        table.add_column(name, justify="right")
+    for p in curve.points:
+        table.add_row(f"{p.keep:,}", *(f"{100 * p.reduction[n]:.2f}%" for n in curve.base_tokens))
+    Console().print(table)
+    frac = target / 100 if target is not None else None
+    if frac is not None:
+        best = curve.smallest_keep(frac)
+        typer.echo(f"smallest measured N with >= {target:g}% fewer tokens on every set: {best:,}" if best is not None
+                   else f"no measured N makes every set {target:g}% shorter")
+    if out is not None:
+        doc = curve.to_json()
+        if frac is not None:
+            doc["target"] = {"reduction": frac, "smallest_keep": curve.smallest_keep(frac)}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(doc, indent=2, ensure_ascii=False), encoding="utf-8")
+        typer.echo(f"wrote {out}")
+    if plot is not None:
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        typer.echo(f"wrote {write_curve_plot(curve, plot, frac)}")
+
 @model_app.command("interpolate")
 def interpolate(
     model: Path = typer.Option(..., "--model", help="Trained model folder (a stage, final/)."),

@@ -40,7 +40,8 @@ import os
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +175,55 @@ RANKINGS: dict[str, Callable[..., list[int]]] = {
 }
 
 
+@dataclass
+class Ranking:
+    """The new ids best first, with what the ranking measured (None where it measured nothing)."""
+
+    ranked: list[int]
+    per_source: dict[str, Counter[int]] | None = None
+    counts: Counter[int] | None = None
+    damage: Mapping[int, float] | None = None
+
+
+def rank_new_tokens(
+    src: Path,
+    exp: dict[str, Any],
+    rank_by: str,
+    sources: Mapping[str, Iterable[str]] | None = None,
+    *,
+    damage: Mapping[int, float] | None = None,
+    trust_remote_code: bool = False,
+) -> Ranking:
+    """Rank the new tokens of the expanded folder `src` (its expansion.json read as `exp`) by `rank_by`,
+    counting uses on `sources` (name -> texts) and, for `fidelity` without `damage`, measuring the damage
+    with the model in `src`."""
+    from transformers import AutoTokenizer
+
+    if rank_by not in RANKINGS:
+        raise UserError(f"rank_by must be one of {', '.join(sorted(RANKINGS))}; got {rank_by!r}")
+    first = int(exp["first_new_id"])
+    per_source: dict[str, Counter[int]] | None = None
+    counts: Counter[int] | None = None
+    sampler: ContextSampler | None = None
+    if rank_by == "fidelity" and damage is None:
+        if sources is None:
+            raise UserError("rank by fidelity needs a corpus to sample the new tokens' occurrences from (give --corpus)")
+        if any(not t.get("base_ids") for t in exp["tokens"]):
+            raise UserError(f"{src / 'expansion.json'}: rank by fidelity needs each new token's base_ids (written by koemb model expand)")
+        sampler = ContextSampler(first)
+    if sources is not None and rank_by != "order":
+        full_tok = AutoTokenizer.from_pretrained(str(transformer_dir(src)), trust_remote_code=trust_remote_code)
+        per_source = {name: count_new_token_uses(full_tok, texts, first, sampler=sampler) for name, texts in sources.items()}
+        counts = Counter()
+        for c in per_source.values():
+            counts.update(c)
+        log.info("counted %d uses of %d new tokens in %d sources", sum(counts.values()), len(counts), len(per_source))
+    if sampler is not None:
+        pieces = {int(t["id"]): [int(i) for i in t["base_ids"]] for t in exp["tokens"]}
+        damage = new_token_damage(src, sampler, pieces, trust_remote_code=trust_remote_code)
+    return Ranking(RANKINGS[rank_by](exp, per_source, damage), per_source, counts, damage)
+
+
 def count_new_token_uses(
     tokenizer: Any, texts: Iterable[str], first_new_id: int, batch: int = 1024, sampler: ContextSampler | None = None,
 ) -> Counter[int]:
@@ -289,26 +339,9 @@ def prune_model(
         raise UserError(f"{tdir}: no tokenizer.json (prune rewrites the fast tokenizer's file)")
     tok_json = json.loads(tok_path.read_text(encoding="utf-8"))
     first = int(exp["first_new_id"])
-    per_source: dict[str, Counter[int]] | None = None
-    counts: Counter[int] | None = None
-    sampler: ContextSampler | None = None
-    if rank_by == "fidelity" and damage is None:
-        if sources is None:
-            raise UserError("rank by fidelity needs a corpus to sample the new tokens' occurrences from (give --corpus)")
-        if any(not t.get("base_ids") for t in exp["tokens"]):
-            raise UserError(f"{src / 'expansion.json'}: rank by fidelity needs each new token's base_ids (written by koemb model expand)")
-        sampler = ContextSampler(first)
-    if sources is not None and rank_by != "order":
-        full_tok = AutoTokenizer.from_pretrained(str(tdir), trust_remote_code=trust_remote_code)
-        per_source = {name: count_new_token_uses(full_tok, texts, first, sampler=sampler) for name, texts in sources.items()}
-        counts = Counter()
-        for c in per_source.values():
-            counts.update(c)
-        log.info("counted %d uses of %d new tokens in %d sources", sum(counts.values()), len(counts), len(per_source))
-    if sampler is not None:
-        pieces = {int(t["id"]): [int(i) for i in t["base_ids"]] for t in exp["tokens"]}
-        damage = new_token_damage(src, sampler, pieces, trust_remote_code=trust_remote_code)
-    kept = choose_kept(RANKINGS[rank_by](exp, per_source, damage), keep, first, bpe_parts(tok_json))
+    r = rank_new_tokens(src, exp, rank_by, sources, damage=damage, trust_remote_code=trust_remote_code)
+    per_source, counts, damage = r.per_source, r.counts, r.damage
+    kept = choose_kept(r.ranked, keep, first, bpe_parts(tok_json))
     if len(kept) != keep:
         raise UserError(f"{field}: only {len(kept)} new tokens fit with the parts their merges need (asked for {keep})")
     cut = first + keep

@@ -608,7 +608,7 @@ def _check_prune(cfg: PipelineConfig, expanded: Path) -> None:
         raise UserError(f"prune.keep_new_tokens ({cfg.prune.keep_new_tokens}) must be below the {n_new} new tokens of {expanded}")
 
 
-def _training_sources(cfg: PipelineConfig) -> dict[str, Iterator[str]]:
+def training_sources(cfg: PipelineConfig) -> dict[str, Iterator[str]]:
     """The texts of the tokenizer corpus and of every stage's data, one source per entry, each entry once
     (for `prune.rank_by: usage | balanced`)."""
     from koemb.train.data import read_entry, texts_of
@@ -638,7 +638,7 @@ def final_step(cfg: PipelineConfig, out: Path, last: Path, base: str) -> Path:
             from koemb.model.prune import prune_model
 
             dest = final if cfg.interpolate is None else Path(tmp) / "pruned"
-            sources = _training_sources(cfg) if cfg.prune.rank_by != "order" else None
+            sources = training_sources(cfg) if cfg.prune.rank_by != "order" else None
             src = prune_model(src, dest, cfg.prune.keep_new_tokens, rank_by=cfg.prune.rank_by, sources=sources,
                               overwrite=True, field="prune.keep_new_tokens", trust_remote_code=cfg.trust_remote_code)
         if cfg.interpolate is not None:
