@@ -14,6 +14,7 @@ from koemb.cli import main
 from koemb.config import validate_model
 from koemb.errors import UserError
 from koemb.model.prune import bpe_parts, choose_kept, count_new_token_uses
+from koemb.model.prune_curve import prune_curve
 from koemb.train.pipeline import PipelineConfig, training_sources, final_step, load_pipeline, run_pipeline, validate_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -207,9 +208,39 @@ def test_prune_makes_final_keep_the_first_or_the_most_used_new_tokens(tmp_path):
     measured = [t["damage"] for t in info["tokens"] if "damage" in t]
     assert len(measured) >= 15 and all(0 <= d < 2 for d in measured)
 
+    # target_reduction: the fewest multiples of `step` that keep the held-out text that much shorter, as the
+    # curve measures it; final/ keeps exactly that many (ranked by use) and records the curve.
+    raw["prune"] = {"target_reduction": 1.0, "texts": [{"path": str(held_out)}], "rank_by": "usage", "step": 10}
+    cfg = validate_model(PipelineConfig, raw, "test")
+    want = prune_curve(last, [*range(10, n_last, 10), n_last], {"h": [h for h in held if h.strip()]}, rank_by="usage",
+                       sources=training_sources(cfg))
+    at30 = 100 * next(p.reduction["h"] for p in want.points if p.keep == 30)
+    raw["prune"]["target_reduction"] = at30
+    expected = want.smallest_keep(at30 / 100)
+    assert expected is not None and expected <= 30
+    final_step(validate_model(PipelineConfig, raw, "test"), out, last, str(out / "base-not-read"))
+    info = json.loads((final / "expansion.json").read_text())
+    assert info["added"] == expected and info["pruned"]["rank_by"] == "usage"
+    recorded = json.loads((final / "prune_curve.json").read_text())
+    assert recorded["target"]["smallest_keep"] == expected and len(recorded["points"]) == len(want.points)
+    # A saving only all the new tokens give (or none): final/ keeps them all, and says so in the curve.
+    raw["prune"]["target_reduction"] = 99.0
+    final_step(validate_model(PipelineConfig, raw, "test"), out, last, str(out / "base-not-read"))
+    assert json.loads((final / "expansion.json").read_text())["added"] == n_last
+    assert json.loads((final / "prune_curve.json").read_text())["target"]["smallest_keep"] is None
+
     raw["prune"] = {"keep_new_tokens": 100}  # = tokenizer.settings.max_new_tokens: nothing to prune
     with pytest.raises(UserError, match=r"prune\.keep_new_tokens \(100\) must be below tokenizer\.settings\.max_new_tokens"):
         validate_model(PipelineConfig, raw, "test")
+    for bad, message in [
+        ({"keep_new_tokens": 20, "target_reduction": 15.0, "texts": [{"path": str(held_out)}]}, "exactly one of `keep_new_tokens`"),
+        ({"target_reduction": 15.0}, "needs `texts`"),
+        ({"keep_new_tokens": 20, "texts": [{"path": str(held_out)}]}, "only with `target_reduction`"),
+        ({"target_reduction": 150.0, "texts": [{"path": str(held_out)}]}, "prune.target_reduction"),
+    ]:
+        raw["prune"] = bad
+        with pytest.raises(UserError, match=message):
+            validate_model(PipelineConfig, raw, "test")
 
 
 def test_interpolate_makes_final_the_midpoint_of_the_last_stage_and_its_anchor(tmp_path):

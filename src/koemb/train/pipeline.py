@@ -107,13 +107,31 @@ class EvaluationConfig(StrictModel):
 class PruneConfig(StrictModel):
     """After the last stage, `final/` keeps only N of the new tokens (`koemb model prune`)."""
 
-    keep_new_tokens: int = Field(
+    keep_new_tokens: int | None = Field(
+        None,
         gt=0,
         description=(
             "How many new tokens `final/` keeps (which ones: `rank_by`). Rows of rare tokens "
             "barely train and read worse than the base's pieces; stages/<last>/ keeps them all."
         ),
     )
+    target_reduction: float | None = Field(
+        None,
+        gt=0,
+        lt=100,
+        description=(
+            "Instead of `keep_new_tokens`: keep the fewest new tokens (a multiple of `step`) that still make every "
+            "`texts` source at least this many percent shorter than the base's segmentation, measured on the last "
+            "stage's tokenizer as `koemb model prune-curve` does (written to final/prune_curve.json); all of them "
+            "when no smaller number does."
+        ),
+    )
+    texts: list[DataEntry] = Field(
+        default_factory=list,
+        description="With `target_reduction`: the text the saving is measured on, one set per entry (path or hub, "
+        "`limit`; held-out text of the kind the model will read). Tokens are counted without special tokens.",
+    )
+    step: int = Field(1000, gt=0, description="With `target_reduction`: the numbers of new tokens tried, step, 2 x step, ...")
     rank_by: Literal["order", "usage", "balanced", "fidelity"] = Field(
         "order",
         description=(
@@ -125,6 +143,17 @@ class PruneConfig(StrictModel):
             "spelt out in base pieces).",
         ),
     )
+
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> PruneConfig:
+        if (self.keep_new_tokens is None) == (self.target_reduction is None):
+            raise ValueError("give exactly one of `keep_new_tokens` (a number) and `target_reduction` (a saving to keep)")
+        if self.target_reduction is not None and not self.texts:
+            raise ValueError("`target_reduction` needs `texts`: the text the token saving is measured on")
+        if self.target_reduction is None and self.texts:
+            raise ValueError("`texts` is read only with `target_reduction`")
+        return self
 
 
 class InterpolateConfig(StrictModel):
@@ -182,7 +211,8 @@ class PipelineConfig(StrictModel):
     def _checks(self) -> PipelineConfig:
         if (self.tokenizer is None) == (self.expanded_model is None):
             raise ValueError("give exactly one of `tokenizer` (expand here) and `expanded_model` (already expanded)")
-        if self.prune is not None and self.tokenizer is not None and self.prune.keep_new_tokens >= self.tokenizer.settings.max_new_tokens:
+        keep = self.prune.keep_new_tokens if self.prune is not None else None
+        if keep is not None and self.tokenizer is not None and keep >= self.tokenizer.settings.max_new_tokens:
             raise ValueError(
                 f"prune.keep_new_tokens ({self.prune.keep_new_tokens}) must be below tokenizer.settings.max_new_tokens "
                 f"({self.tokenizer.settings.max_new_tokens}): there is nothing to prune"
@@ -255,6 +285,10 @@ def resolve_config_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
         if isinstance(st, dict):
             for e in entries(st.get("data")):
                 at(e, "path", True)
+    pr = data.get("prune")
+    if isinstance(pr, dict):
+        for e in entries(pr.get("texts")):
+            at(e, "path", True)
     return data
 
 
@@ -285,6 +319,7 @@ def validate_pipeline(cfg: PipelineConfig, source: str = "config") -> list[str]:
 
     notes: list[str] = []
     entries = [(f"tokenizer.corpus.{i}", d) for i, d in enumerate(cfg.tokenizer.corpus if cfg.tokenizer else [])]
+    entries += [(f"prune.texts.{i}", d) for i, d in enumerate(cfg.prune.texts if cfg.prune else [])]
     for si, st in enumerate(cfg.stages):
         entries += [(f"stages.{si}.data.{j}", d) for j, d in enumerate(st.data)]
     for where, d in entries:
@@ -604,7 +639,7 @@ def _check_prune(cfg: PipelineConfig, expanded: Path) -> None:
     if exp is None:
         raise UserError(f"prune: {expanded / 'expansion.json'} not found; prune needs a model koemb expanded")
     n_new = len(exp["tokens"])
-    if not cfg.prune.keep_new_tokens < n_new:
+    if cfg.prune.keep_new_tokens is not None and not cfg.prune.keep_new_tokens < n_new:
         raise UserError(f"prune.keep_new_tokens ({cfg.prune.keep_new_tokens}) must be below the {n_new} new tokens of {expanded}")
 
 
@@ -634,13 +669,20 @@ def final_step(cfg: PipelineConfig, out: Path, last: Path, base: str) -> Path:
         return final
     with tempfile.TemporaryDirectory(prefix=".final.", dir=out) as tmp:
         src = last
+        curve = None
         if cfg.prune is not None:
             from koemb.model.prune import prune_model
 
             dest = final if cfg.interpolate is None else Path(tmp) / "pruned"
-            sources = training_sources(cfg) if cfg.prune.rank_by != "order" else None
-            src = prune_model(src, dest, cfg.prune.keep_new_tokens, rank_by=cfg.prune.rank_by, sources=sources,
-                              overwrite=True, field="prune.keep_new_tokens", trust_remote_code=cfg.trust_remote_code)
+            keep, damage = cfg.prune.keep_new_tokens, None
+            if keep is None:
+                keep, damage, curve = _keep_for_target(cfg, last)
+            if keep is None:
+                src = last  # no smaller number keeps the saving: final/ keeps every new token
+            else:
+                sources = training_sources(cfg) if cfg.prune.rank_by != "order" else None
+                src = prune_model(src, dest, keep, rank_by=cfg.prune.rank_by, sources=sources, damage=damage,
+                                  overwrite=True, field="prune.keep_new_tokens", trust_remote_code=cfg.trust_remote_code)
         if cfg.interpolate is not None:
             from koemb.model.interpolate import interpolate_models
 
@@ -648,7 +690,44 @@ def final_step(cfg: PipelineConfig, out: Path, last: Path, base: str) -> Path:
             anchor = base if ip.anchor == "base" else str(out / "stages" / ip.anchor)
             interpolate_models(anchor, src, final, ip.alpha, overwrite=True, field="interpolate.alpha",
                                trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
+        elif src == last:
+            _copy_folder(last, final)
+    if curve is not None:
+        (final / "prune_curve.json").write_text(json.dumps(curve, indent=2, ensure_ascii=False), encoding="utf-8")
     return final
+
+
+def _keep_for_target(cfg: PipelineConfig, last: Path) -> tuple[int | None, Any, dict[str, Any]]:
+    """`prune.target_reduction`: the fewest new tokens (multiples of `prune.step`) that keep every `prune.texts`
+    set that much shorter, ranked as the prune will rank them (one ranking: a `fidelity` damage is measured once
+    and handed to the prune). Returns (N or None when only all of them do, the damage, the curve as JSON)."""
+    from koemb.model.expand import read_expansion
+    from koemb.model.prune import rank_new_tokens
+    from koemb.model.prune_curve import prune_curve
+    from koemb.train.data import read_entry, texts_of
+
+    pr = cfg.prune
+    assert pr is not None and pr.target_reduction is not None
+    exp = read_expansion(last)
+    if exp is None:
+        raise UserError(f"prune: {last / 'expansion.json'} not found; prune needs a model koemb expanded")
+    n_new = len(exp["tokens"])
+    sources = training_sources(cfg) if pr.rank_by != "order" else None
+    ranking = rank_new_tokens(last, exp, pr.rank_by, sources, trust_remote_code=cfg.trust_remote_code)
+    sets: dict[str, list[str]] = {}
+    for i, entry in enumerate(pr.texts):
+        name = f"{i}: {entry.label}"
+        sets[name] = [t for e in read_entry(entry) for t in texts_of(e) if t.strip()]
+    keeps = [*range(pr.step, n_new, pr.step), n_new]
+    curve = prune_curve(last, keeps, sets, rank_by=pr.rank_by, ranked=ranking.ranked, trust_remote_code=cfg.trust_remote_code)
+    keep = curve.smallest_keep(pr.target_reduction / 100)
+    doc = {**curve.to_json(), "target": {"reduction": pr.target_reduction / 100, "smallest_keep": keep}}
+    if keep is None or keep >= n_new:
+        log.warning("prune.target_reduction %.4g%%: only all %d new tokens reach it (or none does); final/ keeps them all",
+                    pr.target_reduction, n_new)
+        return None, ranking.damage, doc
+    log.info("prune.target_reduction %.4g%%: %d of %d new tokens reach it on every prune.texts set", pr.target_reduction, keep, n_new)
+    return keep, ranking.damage, doc
 
 
 def evaluate_step(cfg: PipelineConfig, out: Path, base: str) -> dict[str, Any] | None:
