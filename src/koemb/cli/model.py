@@ -79,12 +79,9 @@ def prune(
     )
 
 
-
-def _keeps(spec: str | None, step: int | None) -> list[int] | None:
+def _keeps(spec: str) -> list[int]:
     from koemb.errors import UserError
 
-    if spec is None:
-        return None
     try:
         return [int(x.replace("_", "")) for x in spec.split(",") if x.strip()]
     except ValueError:
@@ -112,9 +109,8 @@ def prune_curve_cmd(
     from rich.table import Table
 
     from koemb.errors import UserError
-    from koemb.model.expand import read_expansion
     from koemb.model.prune import corpus_sources
-    from koemb.model.prune_curve import hangul_share, prune_curve, write_curve_plot
+    from koemb.model.prune_curve import expansion_of, hangul_share, prune_curve, step_keeps, write_curve_plot
 
     if (keep is None) == (step is None):
         raise UserError("give either --keep N,N,... or --step N")
@@ -130,7 +126,9 @@ def prune_curve_cmd(
         raise UserError("--task picks tasks of a suite: give --suite too")
     sets: dict[str, list[str]] = {}
     for f in text:
-        sets[f.stem] = [t for texts in corpus_sources([f]).values() for t in texts if t.strip()]
+        # A set is named by its file's stem (its path when two files share one).
+        name = str(f) if f.stem in sets or any(g.stem == f.stem for g in text if g != f) else f.stem
+        sets[name] = [t for texts in corpus_sources([f]).values() for t in texts if t.strip()]
     if suite is not None:
         from koemb.eval.suite import load_suite
         from koemb.eval.tasks import TASK_TYPES, read_task_data
@@ -145,14 +143,7 @@ def prune_curve_cmd(
             texts = TASK_TYPES[spec.type].raw_texts(read_task_data(spec.type, spec.reader, s.resolve_path(spec), spec.split))
             if task or hangul_share(texts) >= 0.5:
                 sets[spec.name] = texts
-    if step is not None:
-        exp = read_expansion(model)
-        if exp is None:
-            raise UserError(f"{model}: no expansion.json; prune-curve works on a folder koemb expanded")
-        n_new = len(exp["tokens"])
-        keeps = list(range(step, n_new, step)) + [n_new]
-    else:
-        keeps = _keeps(keep, None) or []
+    keeps = step_keeps(len(expansion_of(model)["tokens"]), step) if step is not None else _keeps(keep)
     sources = corpus_sources(corpus) if corpus else None
     if config is not None:
         from koemb.train.pipeline import load_pipeline, training_sources
@@ -181,6 +172,7 @@ def prune_curve_cmd(
     if plot is not None:
         plot.parent.mkdir(parents=True, exist_ok=True)
         typer.echo(f"wrote {write_curve_plot(curve, plot, frac)}")
+
 
 @model_app.command("interpolate")
 def interpolate(

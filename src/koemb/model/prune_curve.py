@@ -73,6 +73,21 @@ def _count_tokens(tok_json: dict[str, Any], sets: Mapping[str, Sequence[str]]) -
     return {name: sum(len(e.ids) for e in tok.encode_batch(list(texts), add_special_tokens=False)) for name, texts in sets.items()}
 
 
+def expansion_of(folder: Path) -> dict[str, Any]:
+    """The expansion.json of a folder koemb expanded (a tokenizer or a model folder, or its Transformer sub-folder)."""
+    exp = read_expansion(folder)
+    if exp is None:
+        exp = read_expansion(Path(transformer_dir(folder)))
+    if exp is None:
+        raise UserError(f"{folder}: no expansion.json; prune-curve works on a folder koemb expanded")
+    return exp
+
+
+def step_keeps(n_new: int, step: int) -> list[int]:
+    """step, 2 x step, ... below n_new, then n_new (every new token)."""
+    return [*range(step, n_new, step), n_new]
+
+
 def prune_curve(
     model: str | os.PathLike,
     keeps: Iterable[int],
@@ -93,11 +108,7 @@ def prune_curve(
         writes with the same arguments.
     """
     src = Path(model)
-    exp = read_expansion(src)
-    if exp is None:
-        exp = read_expansion(Path(transformer_dir(src)))
-    if exp is None:
-        raise UserError(f"{src}: no expansion.json; prune-curve works on a folder koemb expanded")
+    exp = expansion_of(src)
     n_new = len(exp["tokens"])
     keeps = sorted(set(int(k) for k in keeps))
     if not keeps:

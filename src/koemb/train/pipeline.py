@@ -701,16 +701,13 @@ def _keep_for_target(cfg: PipelineConfig, last: Path) -> tuple[int | None, Any, 
     """`prune.target_reduction`: the fewest new tokens (multiples of `prune.step`) that keep every `prune.texts`
     set that much shorter, ranked as the prune will rank them (one ranking: a `fidelity` damage is measured once
     and handed to the prune). Returns (N or None when only all of them do, the damage, the curve as JSON)."""
-    from koemb.model.expand import read_expansion
     from koemb.model.prune import rank_new_tokens
-    from koemb.model.prune_curve import prune_curve
+    from koemb.model.prune_curve import expansion_of, prune_curve, step_keeps
     from koemb.train.data import read_entry, texts_of
 
     pr = cfg.prune
     assert pr is not None and pr.target_reduction is not None
-    exp = read_expansion(last)
-    if exp is None:
-        raise UserError(f"prune: {last / 'expansion.json'} not found; prune needs a model koemb expanded")
+    exp = expansion_of(last)
     n_new = len(exp["tokens"])
     sources = training_sources(cfg) if pr.rank_by != "order" else None
     ranking = rank_new_tokens(last, exp, pr.rank_by, sources, trust_remote_code=cfg.trust_remote_code)
@@ -718,8 +715,7 @@ def _keep_for_target(cfg: PipelineConfig, last: Path) -> tuple[int | None, Any, 
     for i, entry in enumerate(pr.texts):
         name = f"{i}: {entry.label}"
         sets[name] = [t for e in read_entry(entry) for t in texts_of(e) if t.strip()]
-    keeps = [*range(pr.step, n_new, pr.step), n_new]
-    curve = prune_curve(last, keeps, sets, rank_by=pr.rank_by, ranked=ranking.ranked, trust_remote_code=cfg.trust_remote_code)
+    curve = prune_curve(last, step_keeps(n_new, pr.step), sets, rank_by=pr.rank_by, ranked=ranking.ranked, trust_remote_code=cfg.trust_remote_code)
     keep = curve.smallest_keep(pr.target_reduction / 100)
     doc = {**curve.to_json(), "target": {"reduction": pr.target_reduction / 100, "smallest_keep": keep}}
     if keep is None or keep >= n_new:
