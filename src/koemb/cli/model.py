@@ -9,7 +9,7 @@ import typer
 
 from koemb.cli import app
 
-model_app = typer.Typer(help="Model work: expand the embedding for an expanded tokenizer, prune new tokens, interpolate towards the base.", no_args_is_help=True)
+model_app = typer.Typer(help="Model work: expand the embedding for an expanded tokenizer, prune new tokens (and measure the saving per number kept), interpolate towards the base.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 
 
