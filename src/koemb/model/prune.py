@@ -40,7 +40,7 @@ import os
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -304,6 +304,7 @@ def prune_model(
     trust_remote_code: bool = False,
     field: str = "--keep",
     damage: Mapping[int, float] | None = None,
+    ranking: Ranking | None = None,
 ) -> Path:
     """Write a copy of the expanded sentence-transformers folder `model` with only `keep` of its new tokens.
 
@@ -315,6 +316,8 @@ def prune_model(
     field: how the error message names `keep` (a CLI flag or a config field).
     damage: for `fidelity`, each new id's damage measured already on this model (e.g. by
         benchmarks/prune_ranking.py); measured here on `sources` when None.
+    ranking: the ranking `rank_new_tokens` computed already with these arguments on this folder (e.g. for the
+        curve that chose `keep`); not counted or measured again.
     Returns the output folder; its expansion.json lists the kept tokens and records the pruning.
     """
     from transformers import AutoTokenizer
@@ -339,7 +342,7 @@ def prune_model(
         raise UserError(f"{tdir}: no tokenizer.json (prune rewrites the fast tokenizer's file)")
     tok_json = json.loads(tok_path.read_text(encoding="utf-8"))
     first = int(exp["first_new_id"])
-    r = rank_new_tokens(src, exp, rank_by, sources, damage=damage, trust_remote_code=trust_remote_code)
+    r = ranking or rank_new_tokens(src, exp, rank_by, sources, damage=damage, trust_remote_code=trust_remote_code)
     per_source, counts, damage = r.per_source, r.counts, r.damage
     kept = choose_kept(r.ranked, keep, first, bpe_parts(tok_json))
     if len(kept) != keep:

@@ -144,7 +144,6 @@ class PruneConfig(StrictModel):
         ),
     )
 
-
     @model_validator(mode="after")
     def _one_rule(self) -> PruneConfig:
         if (self.keep_new_tokens is None) == (self.target_reduction is None):
@@ -674,14 +673,14 @@ def final_step(cfg: PipelineConfig, out: Path, last: Path, base: str) -> Path:
             from koemb.model.prune import prune_model
 
             dest = final if cfg.interpolate is None else Path(tmp) / "pruned"
-            keep, damage = cfg.prune.keep_new_tokens, None
+            keep, ranking = cfg.prune.keep_new_tokens, None
             if keep is None:
-                keep, damage, curve = _keep_for_target(cfg, last)
+                keep, ranking, curve = _keep_for_target(cfg, last)
             if keep is None:
                 src = last  # no smaller number keeps the saving: final/ keeps every new token
             else:
-                sources = training_sources(cfg) if cfg.prune.rank_by != "order" else None
-                src = prune_model(src, dest, keep, rank_by=cfg.prune.rank_by, sources=sources, damage=damage,
+                sources = training_sources(cfg) if cfg.prune.rank_by != "order" and ranking is None else None
+                src = prune_model(src, dest, keep, rank_by=cfg.prune.rank_by, sources=sources, ranking=ranking,
                                   overwrite=True, field="prune.keep_new_tokens", trust_remote_code=cfg.trust_remote_code)
         if cfg.interpolate is not None:
             from koemb.model.interpolate import interpolate_models
@@ -699,8 +698,8 @@ def final_step(cfg: PipelineConfig, out: Path, last: Path, base: str) -> Path:
 
 def _keep_for_target(cfg: PipelineConfig, last: Path) -> tuple[int | None, Any, dict[str, Any]]:
     """`prune.target_reduction`: the fewest new tokens (multiples of `prune.step`) that keep every `prune.texts`
-    set that much shorter, ranked as the prune will rank them (one ranking: a `fidelity` damage is measured once
-    and handed to the prune). Returns (N or None when only all of them do, the damage, the curve as JSON)."""
+    set that much shorter, ranked as the prune will rank them (one ranking, handed to the prune: uses are counted
+    and a `fidelity` damage measured once). Returns (N or None when only all of them do, the ranking, the curve as JSON)."""
     from koemb.model.prune import rank_new_tokens
     from koemb.model.prune_curve import expansion_of, prune_curve, step_keeps
     from koemb.train.data import read_entry, texts_of
@@ -721,9 +720,9 @@ def _keep_for_target(cfg: PipelineConfig, last: Path) -> tuple[int | None, Any, 
     if keep is None or keep >= n_new:
         log.warning("prune.target_reduction %.4g%%: only all %d new tokens reach it (or none does); final/ keeps them all",
                     pr.target_reduction, n_new)
-        return None, ranking.damage, doc
+        return None, ranking, doc
     log.info("prune.target_reduction %.4g%%: %d of %d new tokens reach it on every prune.texts set", pr.target_reduction, keep, n_new)
-    return keep, ranking.damage, doc
+    return keep, ranking, doc
 
 
 def evaluate_step(cfg: PipelineConfig, out: Path, base: str) -> dict[str, Any] | None:
