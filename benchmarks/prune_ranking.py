@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from collections import Counter
 from pathlib import Path
 
@@ -37,9 +36,7 @@ from koemb.model.expand import read_expansion
 from koemb.model.fidelity import ContextSampler, new_token_damage
 from koemb.model.files import transformer_dir
 from koemb.model.prune import RANKINGS, _by_score, corpus_sources, count_new_token_uses
-from koemb.model.prune_curve import prune_curve
-
-HANGUL = re.compile("[\uac00-\ud7a3]")
+from koemb.model.prune_curve import hangul_share, prune_curve
 
 
 def rank_savings(exp: dict, per_source: dict, damage: dict | None = None) -> list[int]:
@@ -86,7 +83,7 @@ def main() -> None:
         for t in suite.tasks
         if t.type in ("sts", "retrieval")
     }
-    sets = {k: v for k, v in sets.items() if any(HANGUL.search(t) for t in v[:50])}
+    sets = {k: v for k, v in sets.items() if hangul_share(v) >= 0.5}  # the Korean tasks, as `koemb model prune-curve` picks them
     # The same texts with and without the new tokens: the change in tokens is the change in tokens per syllable.
     curves = {rank: prune_curve(args.model, args.keep, sets, rank_by=rank, ranked=RANKS[rank](exp, per_source, damage)) for rank in args.rank_by}
     print(f"{len(exp['tokens'])} new tokens; {sum(sum(c.values()) for c in per_source.values())} uses in {len(per_source)} sources")

@@ -237,6 +237,7 @@ def test_prune_makes_final_keep_the_first_or_the_most_used_new_tokens(tmp_path):
         ({"target_reduction": 15.0}, "needs `texts`"),
         ({"keep_new_tokens": 20, "texts": [{"path": str(held_out)}]}, "only with `target_reduction`"),
         ({"target_reduction": 150.0, "texts": [{"path": str(held_out)}]}, "prune.target_reduction"),
+        ({"target_reduction": 15.0, "texts": [{"path": str(held_out), "weight": 2}]}, "reads only `path`"),
     ]:
         raw["prune"] = bad
         with pytest.raises(UserError, match=message):

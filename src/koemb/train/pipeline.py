@@ -152,6 +152,9 @@ class PruneConfig(StrictModel):
             raise ValueError("`target_reduction` needs `texts`: the text the token saving is measured on")
         if self.target_reduction is None and self.texts:
             raise ValueError("`texts` is read only with `target_reduction`")
+        odd = [i for i, e in enumerate(self.texts) if e.weight != 1.0 or e.cover_new_tokens is not None]
+        if odd:
+            raise ValueError(f"texts.{odd[0]}: a text set reads only `path`/`hub` and `limit` (no `weight`, no `cover_new_tokens`)")
         return self
 
 
