@@ -63,8 +63,39 @@ def test_word_states_and_word_distill_by_hand():
     with pytest.raises(ValueError, match="word_distill"):
         word_distill(s, torch.tensor([1]), torch.zeros(2, 2, 2), torch.tensor([1, 1]))
 
+    # One slice per hidden layer (B, K, W, D): the mean over layers of each layer's word term.
+    s2 = torch.stack([s, torch.tensor([[[0.0, 1.0], [0.0, 1.0], [1.0, 0.0]]])], dim=1)  # (1, 2, 3, 2)
+    t2 = torch.stack([t, t], dim=1)  # (1, 2, 2, 2)
+    layer2 = (1.0 + (1 - 2**-0.5)) / 2  # word 0: orthogonal; word 1: 45°
+    got = word_distill(s2, torch.tensor([3]), t2, torch.tensor([2])).item()
+    assert got == pytest.approx((expected + layer2) / 2, abs=1e-6)
+    with pytest.raises(ValueError, match="word_distill"):
+        word_distill(s2, torch.tensor([3]), t2[:, :1], torch.tensor([2]))  # a different number of layers
 
-def test_a_word_level_stage_trains_the_new_rows_towards_the_teacher(tmp_path, qwen_dir):
+
+def test_embed_words_reads_the_requested_hidden_layers(tmp_path, qwen_dir):
+    from koemb.errors import UserError
+
+    tiny = tiny_expanded(tmp_path / "tiny", qwen_dir)
+    model = AutoModel.from_pretrained(str(tiny), dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(str(tiny))
+    spec = read_spec(tiny, 48)
+    enc = tokenize(tok, _texts(4), spec, words=True)
+    with torch.no_grad():
+        pooled, last, n = embed_words(model, enc, spec)
+        pooled2, deep, n2 = embed_words(model, enc, spec, (0, -1))
+        inputs = model.get_input_embeddings()(enc["input_ids"])  # hidden state 0: the rows themselves
+    assert last.ndim == 3 and deep.shape == (last.shape[0], 2, *last.shape[1:])
+    assert torch.allclose(deep[:, 1], last, atol=1e-5) and torch.allclose(pooled2, pooled, atol=1e-5) and torch.equal(n, n2)
+    by_hand, _ = word_states(inputs, enc["word_ids"], enc["attention_mask"], spec.max_length)
+    assert torch.allclose(deep[:, 0], by_hand, atol=1e-6)
+    assert not torch.allclose(deep[:, 0], deep[:, 1], atol=1e-3)
+    with pytest.raises(UserError, match=r"word_layers: \[99\] out of range"):
+        embed_words(model, enc, spec, (99,))
+
+
+@pytest.mark.parametrize("layers", [[-1], [1, -1]])
+def test_a_word_level_stage_trains_the_new_rows_towards_the_teacher(tmp_path, qwen_dir, layers):
     tiny = tiny_expanded(tmp_path / "tiny", qwen_dir)
     pairs, _ = write_data(tmp_path)
     spec = read_spec(tiny, 48)
@@ -76,12 +107,12 @@ def test_a_word_level_stage_trains_the_new_rows_towards_the_teacher(tmp_path, qw
 
     def word_loss(model) -> float:
         with torch.no_grad():
-            _, tw, tn = teacher.embed_words(texts, torch.device("cpu"))
-            _, sw, sn = embed_words(model, tokenize(student_tok, texts, spec, words=True), spec)
+            _, tw, tn = teacher.embed_words(texts, torch.device("cpu"), tuple(layers))
+            _, sw, sn = embed_words(model, tokenize(student_tok, texts, spec, words=True), spec, tuple(layers))
         return word_distill(sw, sn, tw, tn).item()
 
     before = word_loss(AutoModel.from_pretrained(str(tiny), dtype=torch.float32))
-    cfg = stage([pairs], steps=12, lr=3e-2, objective={"distill": {"words": 1.0}})
+    cfg = stage([pairs], steps=12, lr=3e-2, objective={"distill": {"words": 1.0, "word_layers": layers}})
     model, _ = run_stage(tiny, cfg, tmp_path / "ckpt", teacher=teacher)
     after = word_loss(model)
     assert after < before
@@ -90,6 +121,8 @@ def test_a_word_level_stage_trains_the_new_rows_towards_the_teacher(tmp_path, qw
 
     with pytest.raises(ValueError, match="objective.distill.words needs the direct path"):
         stage([pairs], grad_cache_chunk=2, objective={"distill": {"words": 1.0}})
+    with pytest.raises(ValueError, match="word_layers"):
+        stage([pairs], objective={"distill": {"words": 1.0, "word_layers": []}})
 
 
 def test_cover_new_tokens_keeps_the_examples_that_bring_under_seen_new_tokens(tmp_path, qwen_dir):

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from koemb.errors import UserError
 from koemb.model.pooling import PoolingMode, pool
 from koemb.model.presets import Preset, detect_preset
 
@@ -105,9 +106,24 @@ def word_states(hidden: torch.Tensor, word_ids: torch.Tensor, attention_mask: to
     return vecs, n_complete
 
 
-def embed_words(model: nn.Module, enc: dict[str, torch.Tensor], spec: EncodeSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One forward: (B, D) pooled (as `embed`), (B, W, D) word vectors and (B,) complete words (`word_states`)."""
-    out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+def embed_words(
+    model: nn.Module, enc: dict[str, torch.Tensor], spec: EncodeSpec, layers: tuple[int, ...] = (-1,)
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One forward: (B, D) pooled (as `embed`), word vectors and (B,) complete words (`word_states`).
+
+    layers: hidden-state indices (0 = the embedding output, -1 = the last layer). With the default the word
+    vectors are (B, W, D); otherwise (B, K, W, D), one slice per layer in the given order.
+    """
+    deep = tuple(layers) != (-1,)
+    out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], output_hidden_states=deep)
     hidden = out.last_hidden_state
-    vecs, n = word_states(hidden, enc["word_ids"], enc["attention_mask"], spec.max_length)
-    return pool(hidden, enc["attention_mask"], spec.pooling), vecs, n
+    pooled = pool(hidden, enc["attention_mask"], spec.pooling)
+    if not deep:
+        vecs, n = word_states(hidden, enc["word_ids"], enc["attention_mask"], spec.max_length)
+        return pooled, vecs, n
+    states = out.hidden_states  # (L + 1) x (B, T, D)
+    bad = [l for l in layers if not -len(states) <= l < len(states)]
+    if bad:
+        raise UserError(f"objective.distill.word_layers: {bad} out of range; this model has hidden states 0..{len(states) - 1} (or -1..-{len(states)})")
+    per_layer = [word_states(states[l], enc["word_ids"], enc["attention_mask"], spec.max_length) for l in layers]
+    return pooled, torch.stack([v for v, _ in per_layer], dim=1), per_layer[0][1]

@@ -109,8 +109,11 @@ class Teacher:
         return torch.stack([self.cache[t] for t in texts]).to(device)  # (n, D)
 
     @torch.no_grad()
-    def embed_words(self, texts: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(n, D) pooled (also cached for `embed`), (n, W, D) word vectors, (n,) complete words per text.
+    def embed_words(
+        self, texts: list[str], device: torch.device, layers: tuple[int, ...] = (-1,)
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(n, D) pooled (also cached for `embed`), (n, W, D) word vectors (or (n, K, W, D) for K `layers`),
+        (n,) complete words per text.
 
         Word vectors are not cached (W x D per text); a word-level stage runs the teacher every step.
         """
@@ -119,14 +122,14 @@ class Teacher:
         for i in range(0, len(texts), self.batch_size):
             chunk = texts[i : i + self.batch_size]
             enc = {k: v.to(dev) for k, v in tokenize(self.tokenizer, chunk, self.spec, words=True).items()}
-            p, w, n = embed_words(self.model, enc, self.spec)
+            p, w, n = embed_words(self.model, enc, self.spec, layers)
             for t, e in zip(chunk, p.float().cpu()):
                 self.cache[t] = e
             pooled.append(p.float())
             vecs.append(w.float())
             counts.append(n)
-        W = max(v.shape[1] for v in vecs)
-        padded = torch.cat([torch.nn.functional.pad(v, (0, 0, 0, W - v.shape[1])) for v in vecs])  # (n, W, D)
+        W = max(v.shape[-2] for v in vecs)
+        padded = torch.cat([torch.nn.functional.pad(v, (0, 0, 0, W - v.shape[-2])) for v in vecs])  # (n, [K,] W, D)
         return torch.cat(pooled).to(device), padded.to(device), torch.cat(counts).to(device)
 
 
@@ -261,7 +264,7 @@ def _micro_step(
     if teacher is not None and words:
         teacher_embs = {}
         for r, texts in groups.items():
-            p, w, n = teacher.embed_words(texts, dev)
+            p, w, n = teacher.embed_words(texts, dev, stage.objective.word_layers)
             teacher_embs.update({r: p, f"words:{r}": w, f"nwords:{r}": n})
     elif teacher is not None:
         teacher_embs = {r: teacher.embed(texts, dev) for r, texts in groups.items()}
@@ -276,7 +279,7 @@ def _micro_step(
             embs: dict[str, torch.Tensor] = {}
             for r, e in encs.items():
                 if words:
-                    p, w, n = embed_words(module, e, spec)
+                    p, w, n = embed_words(module, e, spec, stage.objective.word_layers)
                     embs.update({r: p, f"words:{r}": w, f"nwords:{r}": n})
                 else:
                     embs[r] = embed(module, e, spec)

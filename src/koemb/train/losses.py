@@ -113,18 +113,24 @@ def distill(
 def word_distill(student: torch.Tensor, s_words: torch.Tensor, teacher: torch.Tensor, t_words: torch.Tensor) -> torch.Tensor:
     """Word-level distillation: mean over the words both sides have of 1 - cos(student word, teacher word).
 
-    student: (B, Ws, D), teacher: (B, Wt, D) word vectors (`encode.word_states`; the teacher detached);
+    student: (B, Ws, D), teacher: (B, Wt, D) word vectors (`encode.word_states`; the teacher detached), or
+    (B, K, Ws, D) and (B, K, Wt, D) with one slice per hidden layer (averaged over the K layers);
     s_words, t_words: (B,) complete words per row. A pooled embedding gives one target per text; the
     words give one per word, and they are where an expanded tokenizer differs (one token for a word
     the base read as several).
     """
-    if student.shape[0] != teacher.shape[0] or student.shape[-1] != teacher.shape[-1]:
-        raise ValueError(f"word_distill: expected (B, W, D) on both sides, got {tuple(student.shape)} and {tuple(teacher.shape)}")
-    W = min(student.shape[1], teacher.shape[1])
+    if (
+        student.ndim != teacher.ndim or student.ndim not in (3, 4) or student.shape[0] != teacher.shape[0]
+        or student.shape[-1] != teacher.shape[-1] or student.shape[1:-2] != teacher.shape[1:-2]
+    ):
+        raise ValueError(f"word_distill: expected (B, W, D) or (B, K, W, D) on both sides, got {tuple(student.shape)} and {tuple(teacher.shape)}")
+    if student.ndim == 3:
+        student, teacher = student.unsqueeze(1), teacher.unsqueeze(1)  # K = 1
+    W = min(student.shape[-2], teacher.shape[-2])
     n = torch.minimum(s_words.to(student.device), t_words.to(student.device))  # (B,)
-    mask = (torch.arange(W, device=student.device).unsqueeze(0) < n.unsqueeze(1)).float()  # (B, W)
-    cos = F.cosine_similarity(student[:, :W].float(), teacher[:, :W].to(student.device).float(), dim=-1)  # (B, W)
-    return ((1.0 - cos) * mask).sum() / mask.sum().clamp(min=1.0)
+    mask = (torch.arange(W, device=student.device).unsqueeze(0) < n.unsqueeze(1)).float().unsqueeze(1)  # (B, 1, W)
+    cos = F.cosine_similarity(student[..., :W, :].float(), teacher[..., :W, :].to(student.device).float(), dim=-1)  # (B, K, W)
+    return ((1.0 - cos) * mask).sum() / (mask.sum() * cos.shape[1]).clamp(min=1.0)
 
 
 def _relational_kl(ss: torch.Tensor, tt: torch.Tensor, temperature: float) -> torch.Tensor:

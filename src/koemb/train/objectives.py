@@ -90,6 +90,11 @@ class Distill(StrictModel):
         description="Weight of a word-level term (0 = off): each whitespace word's mean token state, student vs teacher "
         "(`losses.word_distill`). Not with grad_cache_chunk.",
     )
+    word_layers: list[int] = Field(
+        [-1], min_length=1,
+        description="Hidden states the word term compares, averaged (0 = the embedding output, -1 = the last layer; "
+        "e.g. [4, 8, -1]). The pooled terms always read the last layer.",
+    )
 
     def reads(self, scored: bool) -> bool:
         return True
@@ -147,6 +152,11 @@ class Objective(StrictModel):
     def word_level(self) -> bool:
         """Whether the loop must also give word vectors (student and teacher) to the objectives."""
         return self.distill is not None and self.distill.words > 0
+
+    @property
+    def word_layers(self) -> tuple[int, ...]:
+        """The hidden states those word vectors are read from (`Distill.word_layers`)."""
+        return tuple(self.distill.word_layers) if self.distill is not None else (-1,)
 
     def check_sources(self, sources: dict[str, bool]) -> None:
         """sources: name -> whether its pairs are scored. A source that no objective reads is an error."""
