@@ -173,6 +173,20 @@ def test_lora_stage_through_the_loop_and_bad_target_names(tiny_dir, tmp_path):
         Lora(target_modules=["qkv"]).check_targets(model)
 
 
+def test_lora_on_chosen_layers_changes_only_those_layers(tiny_dir, tmp_path):
+    from koemb.errors import UserError
+
+    pairs, _ = write_data(tmp_path)
+    before = AutoModel.from_pretrained(str(tiny_dir), dtype=torch.float32).state_dict()
+    cfg = stage([pairs], train={"kind": "lora", "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"], "layers": [0]},
+                lr=5e-2, steps=3)
+    model, _ = run_stage(tiny_dir, cfg, tmp_path / "ckpt")
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
+    assert changed == {"layers.0.self_attn.q_proj.weight", "layers.0.self_attn.v_proj.weight"}
+    with pytest.raises(UserError, match=r"train.layers: \[7\] out of range; the model has layers 0..1"):
+        Lora(target_modules=["q_proj"], layers=[7]).check_targets(model)
+
+
 def test_lora_with_new_rows_trains_both_at_their_own_lr_and_resumes(tiny_dir, tmp_path):
     pairs, text = write_data(tmp_path)
     before = AutoModel.from_pretrained(str(tiny_dir), dtype=torch.float32).state_dict()

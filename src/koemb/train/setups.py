@@ -14,6 +14,7 @@ new rows.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Union
@@ -154,6 +155,14 @@ class Lora(StrictModel):
         description="Names of the linear modules to adapt (suffixes of module names).",
     )
 
+    layers: list[int] | None = Field(
+        None,
+        min_length=1,
+        description=(
+            "Adapt only these transformer layers (0 = the first; peft's layers_to_transform), e.g. [0, 1, 2] for the "
+            "early layers, where a model composes word pieces into words. Default: every layer."
+        ),
+    )
     new_rows_lr: float | None = Field(
         None,
         gt=0,
@@ -169,6 +178,23 @@ class Lora(StrictModel):
         missing = [t for t in self.target_modules if t not in names]
         if missing:
             raise UserError(f"{where}: {missing} match no linear layer of the model; its linear layers are {sorted(names)}")
+        if self.layers is not None:
+            found = {i for i, _ in _layer_linears(model, self.target_modules)}
+            bad = [i for i in self.layers if i not in found]
+            if bad:
+                where_layers = where.rsplit(".", 1)[0] + ".layers"
+                raise UserError(f"{where_layers}: {bad} out of range; the model has layers 0..{max(found, default=-1)}")
+
+    def targets(self, model: nn.Module) -> list[str]:
+        """peft's target_modules: the suffixes, or with `layers` the full names of those layers' modules.
+
+        Full names rather than peft's layers_to_transform: its layer regex wants a prefix before the layer
+        list, which a bare Qwen3Model ("layers.0.self_attn.q_proj") does not have.
+        """
+        if self.layers is None:
+            return list(self.target_modules)
+        keep = set(self.layers)
+        return [name for i, name in _layer_linears(model, self.target_modules) if i in keep]
 
     def prepare(self, model: nn.Module, first_new_id: int | None) -> Prepared:
         from peft import LoraConfig, get_peft_model
@@ -176,7 +202,9 @@ class Lora(StrictModel):
         self.check_targets(model)
         _freeze_all(model)
         rows = _wrap_new_rows(model, first_new_id, "train.new_rows_lr") if self.new_rows_lr is not None else None
-        cfg = LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=list(self.target_modules))
+        cfg = LoraConfig(
+            r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=self.targets(model),
+        )
         peft_model = get_peft_model(model, cfg)
         own_lr: dict[str, float] = {}
         if rows is not None:
@@ -190,6 +218,19 @@ class Lora(StrictModel):
             return _unfreeze_all(merged)
 
         return Prepared(peft_model, finish, own_lr)
+
+
+_LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks)\.(\d+)\.")  # Qwen3 "layers.3.", BERT "encoder.layer.3."
+
+
+def _layer_linears(model: nn.Module, suffixes: list[str]) -> list[tuple[int, str]]:
+    """(layer index, full name) of each linear module named by one of `suffixes` inside a numbered layer."""
+    out = []
+    for name, m in model.named_modules():
+        hit = _LAYER.search(name)
+        if isinstance(m, nn.Linear) and hit and name.rsplit(".", 1)[-1] in suffixes:
+            out.append((int(hit.group(1)), name))
+    return out
 
 
 def _kind_from_string(v: Any) -> Any:
