@@ -159,8 +159,8 @@ class Lora(StrictModel):
         None,
         min_length=1,
         description=(
-            "Adapt only these transformer layers (0 = the first; peft's layers_to_transform), e.g. [0, 1, 2] for the "
-            "early layers, where a model composes word pieces into words. Default: every layer."
+            "Adapt only these transformer layers (0 = the first), e.g. [0, 1, 2] for the early layers, where a model "
+            "composes word pieces into words. Default: every layer."
         ),
     )
     new_rows_lr: float | None = Field(
