@@ -12,6 +12,7 @@ from koemb.data.eval_sets import (
     parse_strategyqa_input,
     read_korquad_retrieval,
     read_korsts,
+    read_korsts_retrieval,
     read_strategyqa,
     read_strategyqa_retrieval,
     strategyqa_holdout_ids,
@@ -63,6 +64,25 @@ def test_korsts_test_reads_quotes_verbatim(ko_data):
     pairs = read_korsts(ko_data / "korsts" / "sts-test.tsv")
     assert len(pairs) == 1379 and all(0 <= p.score <= 5 for p in pairs)
     assert any('"' in p.sentence1 + p.sentence2 for p in pairs)  # quoting OFF keeps the quotes
+
+
+def test_korsts_dev_as_retrieval_queries_the_close_pairs_among_every_sentence2(ko_data, tmp_path):
+    path = ko_data / "korsts" / "sts-dev.tsv"
+    pairs = read_korsts(path)
+    data = read_korsts_retrieval(path)
+    docs = {text: doc_id for doc_id, (_, text) in data.corpus.items()}
+    assert len(docs) == len(data.corpus) == len({p.sentence2.strip() for p in pairs})
+    close = [p for p in pairs if p.score >= 4.0]
+    assert len(data.queries) == len({p.sentence1.strip() for p in close}) == 261
+    by_query = {text: qid for qid, text in data.queries.items()}
+    for p in close:  # each close pair: its sentence2 is relevant to its sentence1
+        assert data.qrels[by_query[p.sentence1.strip()]][docs[p.sentence2.strip()]] == 1
+    assert sum(map(len, data.qrels.values())) == len({(p.sentence1.strip(), p.sentence2.strip()) for p in close})
+    # A sentence1 seen only in pairs scored below the threshold is no query.
+    only_low = {p.sentence1.strip() for p in pairs if p.score < 4.0} - {p.sentence1.strip() for p in close}
+    assert only_low and not (only_low & set(by_query))
+    with pytest.raises(UserError, match="no KorSTS pair scored >= 6"):
+        read_korsts_retrieval(path, min_score=6.0)
 
 
 def test_builtin_separation_set_covers_the_ten_domains():

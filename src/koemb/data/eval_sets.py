@@ -84,6 +84,34 @@ def read_korsts(path: str | Path) -> list[StsPair]:
     return out
 
 
+def read_korsts_retrieval(path: str | Path, min_score: float = 4.0) -> RetrievalData:
+    """KorSTS pairs as retrieval: sentence1 of a pair scored >= `min_score` -> its sentence2, among every
+    distinct sentence2 of the file (the low-scored ones are the distractors). Used as a validation task
+    on KorSTS dev, which no training set touches, for choices such as the interpolation's alpha."""
+    pairs = read_korsts(path)
+    corpus: dict[str, tuple[str, str]] = {}
+    by_text: dict[str, str] = {}
+    for pair in pairs:
+        text = pair.sentence2.strip()
+        if text not in by_text:
+            by_text[text] = f"s{len(by_text)}"
+            corpus[by_text[text]] = ("", text)
+    queries: dict[str, str] = {}
+    qrels: dict[str, dict[str, int]] = {}
+    qid_by_text: dict[str, str] = {}
+    for pair in pairs:
+        if pair.score < min_score:
+            continue
+        query = pair.sentence1.strip()
+        # The same sentence1 may be paired with several sentence2s: one query, every good match relevant.
+        qid = qid_by_text.setdefault(query, f"q{len(qid_by_text)}")
+        queries[qid] = query
+        qrels.setdefault(qid, {})[by_text[pair.sentence2.strip()]] = 1
+    if not queries:
+        raise UserError(f"{path}: no KorSTS pair scored >= {min_score}, so no retrieval query")
+    return RetrievalData(corpus, queries, qrels, source=str(path))
+
+
 # -- KorQuAD -------------------------------------------------------------------------------------
 
 

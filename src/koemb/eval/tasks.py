@@ -63,6 +63,7 @@ TASK_TYPES: dict[str, TaskType] = {
             "beir": lambda path, split="test": read_beir(path, split),
             "korquad": lambda path, split="test": eval_sets.read_korquad_retrieval(path),
             "strategyqa": lambda path, split="test": eval_sets.read_strategyqa_retrieval(path),
+            "korsts": lambda path, split="test": eval_sets.read_korsts_retrieval(path),
         },
         default_reader="beir",
         needs_path=True,
