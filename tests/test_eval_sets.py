@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 
 import pytest
@@ -12,6 +13,7 @@ from koemb.data.eval_sets import (
     parse_strategyqa_input,
     read_korquad_retrieval,
     read_korsts,
+    read_inverse_cloze,
     read_korsts_retrieval,
     read_strategyqa,
     read_strategyqa_retrieval,
@@ -83,6 +85,32 @@ def test_korsts_dev_as_retrieval_queries_the_close_pairs_among_every_sentence2(k
     assert only_low and not (only_low & set(by_query))
     with pytest.raises(UserError, match="no KorSTS pair scored >= 6"):
         read_korsts_retrieval(path, min_score=6.0)
+
+
+def test_inverse_cloze_takes_the_middle_sentence_out_of_every_fourth_paragraph(ko_data, tmp_path):
+    path = ko_data / "boddari" / "unesco_report.txt"
+    data = read_inverse_cloze(path)
+    assert (len(data.queries), len(data.corpus)) == (448, 1792)
+    paragraphs = {line.strip() for line in path.open(encoding="utf-8")}
+    for qid, query in data.queries.items():
+        (doc_id,) = data.qrels[qid]
+        doc = data.corpus[doc_id][1]
+        assert query not in doc and doc not in paragraphs  # the sentence is out of its paragraph ...
+        # ... which is a real paragraph of the file: its sentences, the middle one taken out.
+        assert any(
+            (parts := re.split(r"(?<=[.!?])\s+", p))[len(parts) // 2] == query
+            and " ".join(parts[: len(parts) // 2] + parts[len(parts) // 2 + 1 :]) == doc
+            for p in paragraphs if query in p
+        )
+    kept = [text for doc_id, (_, text) in data.corpus.items() if not any(doc_id in rel for rel in data.qrels.values())]
+    assert len(kept) == 1792 - 448 and all(text in paragraphs for text in kept)
+
+    short = tmp_path / "short.txt"
+    short.write_text("한 문장. 두 문장.\n짧다.\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"short\.txt: no paragraph of >= 200 characters and 3 sentences"):
+        read_inverse_cloze(short)
+    with pytest.raises(UserError, match="text file not found"):
+        read_inverse_cloze(tmp_path / "missing.txt")
 
 
 def test_builtin_separation_set_covers_the_ten_domains():

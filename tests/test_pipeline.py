@@ -269,6 +269,55 @@ def test_interpolate_makes_final_the_midpoint_of_the_last_stage_and_its_anchor(t
         validate_model(PipelineConfig, raw, "test")
 
 
+def test_interpolate_chooses_alpha_on_the_validation_suite(tmp_path, ko_data):
+    # alpha as a list: each candidate is written and scored on `select_on` (KorSTS dev: STS + the same pairs as
+    # retrieval), final/ is the best one, and the scores are kept. The choice is checked against each
+    # candidate's own results.json, and final/'s weights against the interpolation at the chosen alpha.
+    from koemb.eval.suite import suite_from_dict
+    from koemb.train.pipeline import validation_score
+
+    dev = str(ko_data / "korsts" / "sts-dev.tsv")
+    select_on = {"tasks": [{"name": "dev-sts", "type": "sts", "reader": "korsts", "path": dev, "limit": 60},
+                           {"name": "dev-retrieval", "type": "retrieval", "reader": "korsts", "path": dev, "limit": 20},
+                           {"name": "separation", "type": "separation", "limit": 10}]}
+    raw = small_config()
+    raw["interpolate"] = {"anchor": "rows", "alpha": [0.0, 1.0, 0.5], "select_on": select_on}
+    out = run_pipeline(validate_model(PipelineConfig, raw, "test"), tmp_path / "out")
+    report = out / "eval" / "interpolate-alpha"
+    selection = json.loads((report / "selection.json").read_text())
+    assert selection == json.loads((out / "final" / "interpolate_selection.json").read_text())
+    suite = suite_from_dict(select_on)
+    scores = {}
+    for a in ("0", "1", "0.5"):
+        res = json.loads((report / f"alpha-{a}" / "results.json").read_text())["results"][f"alpha-{a}"]
+        scores[a] = validation_score(res, suite)
+        assert scores[a] == pytest.approx((res["dev-sts"]["spearman"] + res["dev-retrieval"]["ndcg@10"]) / 2)
+    assert selection["scores"] == pytest.approx(scores)
+    assert len(set(scores.values())) == 3  # the candidates differ, so the choice means something
+    chosen = max(scores, key=scores.get)
+    assert selection["chosen"] == float(chosen)
+    rows, lora, final = (_weights(out / p) for p in ("stages/rows", "stages/lora", "final"))
+    a = float(chosen)
+    moved = [k for k in lora if k != "embed_tokens.weight" and not torch.equal(lora[k], rows[k])]
+    assert moved and all(torch.allclose(final[k], rows[k] + a * (lora[k] - rows[k]), atol=1e-6) for k in moved)
+    assert json.loads((out / "final" / "expansion.json").read_text())["interpolated"]["alpha"] == a
+    assert not [p for p in out.iterdir() if p.name.startswith(".final")]  # the losing candidates are gone
+
+    for bad, message in [
+        ({"alpha": [0.5]}, "at least two candidates"),
+        ({"alpha": [0.5, 0.5], "select_on": select_on}, "candidates repeat"),
+        ({"alpha": [0.3, 0.7]}, "needs `select_on`"),
+        ({"alpha": 0.5, "select_on": select_on}, "read only when `alpha` is a list"),
+        ({"alpha": [0.3, 1.5], "select_on": select_on}, "less than or equal to 1"),
+    ]:
+        raw["interpolate"] = bad
+        with pytest.raises(UserError, match=message):
+            validate_model(PipelineConfig, raw, "test")
+    raw["interpolate"] = {"alpha": [0.3, 0.7], "select_on": {"tasks": [{"name": "separation", "type": "separation"}]}}
+    with pytest.raises(UserError, match=r"interpolate\.select_on: the suite has no retrieval or STS task"):
+        validate_pipeline(validate_model(PipelineConfig, raw, "test"))
+
+
 def test_a_bert_family_stage_saves_only_the_checkpoints_weights(tmp_path):
     # AutoModel gives BERT / XLM-R a pooler head that e5's checkpoint lacks. Loaded as-is for a stage, it was
     # randomly initialised and saved with the trained stage as if it were part of the model (session 10 found

@@ -112,6 +112,39 @@ def read_korsts_retrieval(path: str | Path, min_score: float = 4.0) -> Retrieval
     return RetrievalData(corpus, queries, qrels, source=str(path))
 
 
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def read_inverse_cloze(path: str | Path, min_chars: int = 200, every: int = 4) -> RetrievalData:
+    """Passage retrieval from plain text (inverse cloze): a .txt file, one paragraph per line. Paragraphs of
+    >= `min_chars` characters and >= 3 sentences form the corpus; from every `every`-th one the middle sentence
+    is taken out and becomes a query whose only relevant document is the rest of its paragraph. A validation
+    task of passage shape made from text that no contrastive stage reads (e.g. a report the donor learnt from)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: text file not found (one paragraph per line)")
+    corpus: dict[str, tuple[str, str]] = {}
+    queries: dict[str, str] = {}
+    qrels: dict[str, dict[str, int]] = {}
+    with path.open(encoding="utf-8") as fh:
+        paragraphs = [line.strip() for line in fh]
+    for text in dict.fromkeys(p for p in paragraphs if len(p) >= min_chars):
+        sentences = _SENTENCE_END.split(text)
+        if len(sentences) < 3:
+            continue
+        doc_id = f"p{len(corpus)}"
+        if len(corpus) % every == 0:
+            mid = len(sentences) // 2
+            qid = f"q{len(queries)}"
+            queries[qid] = sentences[mid]
+            qrels[qid] = {doc_id: 1}
+            text = " ".join(sentences[:mid] + sentences[mid + 1 :])
+        corpus[doc_id] = ("", text)
+    if not queries:
+        raise UserError(f"{path}: no paragraph of >= {min_chars} characters and 3 sentences, so no inverse-cloze query")
+    return RetrievalData(corpus, queries, qrels, source=str(path))
+
+
 # -- KorQuAD -------------------------------------------------------------------------------------
 
 

@@ -12,7 +12,8 @@ tasks:
 
 Relative paths are resolved against the suite file's folder (`~` and `$VARS` are expanded first).
 Readers per type: retrieval `beir` (default), `korquad`, `strategyqa`, `korsts` (sentence1 -> its sentence2
-scored >= 4 among every sentence2); sts `file` (default: `.jsonl`,
+scored >= 4 among every sentence2), `inverse_cloze` (a .txt of paragraphs: a sentence -> the rest of its
+paragraph); sts `file` (default: `.jsonl`,
 `.tsv`, `.csv` with a header), `korsts`; separation `jsonl` (default: the built-in Korean set).
 """
 

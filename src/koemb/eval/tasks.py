@@ -64,6 +64,7 @@ TASK_TYPES: dict[str, TaskType] = {
             "korquad": lambda path, split="test": eval_sets.read_korquad_retrieval(path),
             "strategyqa": lambda path, split="test": eval_sets.read_strategyqa_retrieval(path),
             "korsts": lambda path, split="test": eval_sets.read_korsts_retrieval(path),
+            "inverse_cloze": lambda path, split="test": eval_sets.read_inverse_cloze(path),
         },
         default_reader="beir",
         needs_path=True,

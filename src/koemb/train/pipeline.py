@@ -33,7 +33,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import difflib
@@ -158,6 +158,9 @@ class PruneConfig(StrictModel):
         return self
 
 
+Alpha = Annotated[float, Field(ge=0, le=1)]
+
+
 class InterpolateConfig(StrictModel):
     """After the last stage (and the prune), `final/` = anchor + alpha * (last - anchor) (`koemb model interpolate`)."""
 
@@ -165,10 +168,34 @@ class InterpolateConfig(StrictModel):
         "base",
         description="`base` (the base model) or the name of an earlier stage: where the line back from the last stage ends.",
     )
-    alpha: float = Field(
-        0.5, ge=0, le=1,
-        description="0 = the anchor, 1 = the last stage. 0.5 is the usual default (WiSE-FT); choose it on data you do not report.",
+    alpha: Alpha | list[Alpha] = Field(
+        0.5,
+        description="0 = the anchor, 1 = the last stage. 0.5 is the usual default (WiSE-FT). A list: candidates, "
+        "each written and scored on `select_on`; final/ is the best.",
     )
+    select_on: str | dict[str, Any] | None = Field(
+        None,
+        description="With a list of alphas: the validation suite (path or inline) that chooses between them, by the mean "
+        "main metric of its retrieval and STS tasks (ties: the first listed). Use sets that neither training nor your "
+        "reported evaluation reads.",
+    )
+
+    @model_validator(mode="after")
+    def _candidates(self) -> InterpolateConfig:
+        if isinstance(self.alpha, list):
+            if len(self.alpha) < 2:
+                raise ValueError("alpha: a list needs at least two candidates (or give one number)")
+            if len(set(self.alpha)) != len(self.alpha):
+                raise ValueError(f"alpha: candidates repeat: {self.alpha}")
+            if self.select_on is None:
+                raise ValueError("alpha: a list of candidates needs `select_on`, the validation suite that chooses between them")
+        elif self.select_on is not None:
+            raise ValueError("`select_on` is read only when `alpha` is a list of candidates")
+        return self
+
+    @property
+    def candidates(self) -> list[float]:
+        return list(self.alpha) if isinstance(self.alpha, list) else [self.alpha]
 
 
 class RuntimeConfig(StrictModel):
@@ -291,6 +318,12 @@ def resolve_config_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     if isinstance(pr, dict):
         for e in entries(pr.get("texts")):
             at(e, "path", True)
+    ip = data.get("interpolate")
+    if isinstance(ip, dict) and isinstance(ip.get("select_on"), str):
+        at(ip, "select_on", True)
+    elif isinstance(ip, dict) and isinstance(ip.get("select_on"), dict):
+        for t in entries(ip["select_on"].get("tasks")):
+            at(t, "path", True)
     return data
 
 
@@ -349,6 +382,12 @@ def validate_pipeline(cfg: PipelineConfig, source: str = "config") -> list[str]:
         raise UserError(f"{source}: tokenizer.expanded: {cfg.tokenizer.expanded} has no tokenizer.json")
     if cfg.evaluation:
         _load_suite(cfg.evaluation.suite, f"{source}: evaluation.suite")
+    if cfg.interpolate is not None and cfg.interpolate.select_on is not None:
+        where = f"{source}: interpolate.select_on"
+        if not validation_tasks(_load_suite(cfg.interpolate.select_on, where)):
+            raise UserError(f"{where}: the suite has no retrieval or STS task to score the alphas on")
+        if cfg.evaluation and cfg.evaluation.suite == cfg.interpolate.select_on:
+            notes.append(f"{where} is the evaluation suite: alpha is then chosen on the sets the run reports")
     model_cfg = _model_config(cfg.expanded_model or cfg.base_model, notes)
     if model_cfg is not None:
         skeleton = _meta_model(model_cfg)
@@ -690,13 +729,70 @@ def final_step(cfg: PipelineConfig, out: Path, last: Path, base: str) -> Path:
 
             ip = cfg.interpolate
             anchor = base if ip.anchor == "base" else str(out / "stages" / ip.anchor)
-            interpolate_models(anchor, src, final, ip.alpha, overwrite=True, field="interpolate.alpha",
-                               trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
+            if len(ip.candidates) == 1:
+                interpolate_models(anchor, src, final, ip.candidates[0], overwrite=True, field="interpolate.alpha",
+                                   trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
+            else:
+                choose_alpha(cfg, anchor, src, final, Path(tmp), out / "eval" / "interpolate-alpha")
         elif src == last:
             _copy_folder(last, final)
     if curve is not None:
         (final / "prune_curve.json").write_text(json.dumps(curve, indent=2, ensure_ascii=False), encoding="utf-8")
     return final
+
+
+def validation_tasks(suite) -> list[str]:
+    """The tasks of a validation suite that score a choice: retrieval and STS (separation is another scale)."""
+    return [t.name for t in suite.tasks if t.type in ("retrieval", "sts")]
+
+
+def validation_score(task_results: dict[str, dict[str, float]], suite) -> float:
+    """Mean main metric (NDCG@10, Spearman) over the suite's retrieval and STS tasks."""
+    from koemb.eval.tasks import TASK_TYPES
+
+    kind = {t.name: t.type for t in suite.tasks}
+    names = validation_tasks(suite)
+    return sum(task_results[n][TASK_TYPES[kind[n]].main_metric] for n in names) / len(names)
+
+
+def choose_alpha(cfg: PipelineConfig, anchor: str, src: Path, final: Path, tmp: Path, report: Path) -> float:
+    """`interpolate.alpha` as a list: write each candidate, score it on `select_on`, and make the best final/.
+
+    Candidates are written and scored one at a time, and only the best so far is kept on disk (a candidate is a
+    whole model). Each candidate's evaluation goes to report/alpha-<a>/; report/selection.json and final/
+    interpolate_selection.json record the scores and the choice."""
+    from koemb.eval.run import evaluate
+    from koemb.model.interpolate import interpolate_models
+
+    ip = cfg.interpolate
+    assert ip is not None and ip.select_on is not None
+    suite = _load_suite(ip.select_on, "interpolate.select_on")
+    scores: dict[str, float] = {}
+    best: tuple[float, float, Path] | None = None  # (score, alpha, folder)
+    for alpha in ip.candidates:
+        label = f"alpha-{alpha:g}"
+        folder = interpolate_models(anchor, src, tmp / label, alpha, overwrite=True, field="interpolate.alpha",
+                                    trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
+        doc = evaluate(str(folder), suite, report / label, label=label, use_cache=False)
+        scores[f"{alpha:g}"] = score = validation_score(doc["results"][label], suite)
+        log.info("interpolate.alpha %g: %.4f on interpolate.select_on", alpha, score)
+        if best is None or score > best[0]:
+            if best is not None:
+                shutil.rmtree(best[2])
+            best = (score, alpha, folder)
+        else:
+            shutil.rmtree(folder)
+    assert best is not None
+    if final.exists():
+        shutil.rmtree(final)
+    shutil.move(str(best[2]), str(final))
+    selection = {"chosen": best[1], "scores": scores, "score": "mean main metric of " + ", ".join(validation_tasks(suite)),
+                 "suite": ip.select_on if isinstance(ip.select_on, str) else "inline"}
+    text = json.dumps(selection, indent=2, ensure_ascii=False)
+    (report / "selection.json").write_text(text, encoding="utf-8")
+    (final / "interpolate_selection.json").write_text(text, encoding="utf-8")
+    log.info("interpolate.alpha: chose %g of %s on interpolate.select_on", best[1], ", ".join(scores))
+    return best[1]
 
 
 def _keep_for_target(cfg: PipelineConfig, last: Path) -> tuple[int | None, Any, dict[str, Any]]:
