@@ -318,6 +318,48 @@ def test_interpolate_chooses_alpha_on_the_validation_suite(tmp_path, ko_data):
         validate_pipeline(validate_model(PipelineConfig, raw, "test"))
 
 
+def test_refit_fits_the_new_rows_of_final_to_final_read_with_the_base_tokenizer(tmp_path):
+    # refit: after prune + interpolate, one more stage on final/, whose teacher is final/'s own weights with the
+    # base tokenizer. Only the new rows may move; final/ is its output; the model before it is a baseline.
+    from transformers import AutoTokenizer
+
+    from koemb.train.pipeline import refit_teacher
+
+    raw = small_config()
+    raw["prune"] = {"keep_new_tokens": 20}
+    raw["interpolate"] = {"anchor": "base", "alpha": 0.5}
+    raw["refit"] = {"name": "refit", "train": "new_rows", "objective": {"distill": {"relational": 1.0}},
+                    "data": [{"path": "builtin:ko-sample", "limit": 200}], "lr": 1e-2, "steps": 3, "batch_size": 4, "max_length": 32}
+    out = run_pipeline(validate_model(PipelineConfig, raw, "test"), tmp_path / "out")
+    before, after, stage = (_weights(out / p) for p in ("refit/input", "final", "stages/refit"))
+    assert all(torch.equal(after[k], stage[k]) for k in after)
+    info = json.loads((out / "final" / "expansion.json").read_text())
+    first, emb = info["first_new_id"], "embed_tokens.weight"
+    assert info["added"] == 20 and info["interpolated"]["alpha"] == 0.5
+    assert all(torch.equal(after[k], before[k]) for k in after if k != emb)  # the network is untouched ...
+    assert torch.equal(after[emb][:first], before[emb][:first])  # ... and so are the base rows
+    assert not torch.equal(after[emb][first:first + 20], before[emb][first:first + 20])  # the new rows moved
+    assert not (out / "refit" / "teacher").exists() and (out / "cache" / "refit-teacher.safetensors").is_file()
+    results = json.loads((out / "eval" / "results.json").read_text())["results"]
+    assert {"rows", "lora", "before-refit", "final"} <= set(results)
+    log = [json.loads(line) for line in (out / "logs" / "train.jsonl").read_text().splitlines()]
+    assert {r.get("stage") for r in log} >= {"rows", "lora", "refit"}
+
+    # The teacher: the same weights, the base tokenizer (whose ids are the expanded vocabulary's first ones).
+    teacher = refit_teacher(out / "final", str(out / "base"), tmp_path / "teacher")
+    base_tok, teacher_tok = (AutoTokenizer.from_pretrained(str(p)) for p in (out / "base", teacher))
+    assert teacher_tok.get_vocab() == base_tok.get_vocab() and len(teacher_tok) == first
+    assert all(torch.equal(w, after[k]) for k, w in _weights(teacher).items())
+    assert not (teacher / "expansion.json").exists()
+
+    raw["refit"]["objective"] = "infonce"
+    with pytest.raises(UserError, match="refit.objective: the refit learns from final/ read with the base tokenizer"):
+        validate_model(PipelineConfig, raw, "test")
+    raw["refit"]["objective"], raw["refit"]["name"] = {"distill": {}}, "lora"
+    with pytest.raises(UserError, match="refit.name 'lora' is a stage's name too"):
+        validate_model(PipelineConfig, raw, "test")
+
+
 def test_a_bert_family_stage_saves_only_the_checkpoints_weights(tmp_path):
     # AutoModel gives BERT / XLM-R a pooler head that e5's checkpoint lacks. Loaded as-is for a stage, it was
     # randomly initialised and saved with the trained stage as if it were part of the model (session 10 found

@@ -9,8 +9,12 @@ CLI only parses flags. Output layout under OUT:
     expanded/            the initialised expanded model (sentence-transformers folder + expansion.json)
     stages/<name>/       one sentence-transformers folder per stage, written when the stage ends
     final/               the last stage's model (with `prune:`, only N of its new tokens; with
-                         `interpolate:`, moved back towards the base or an earlier stage)
-    eval/                what `koemb evaluate` writes: results.json (base, expanded, every stage), report.md, charts
+                         `interpolate:`, moved back towards the base or an earlier stage; with `refit:`,
+                         the output of that last stage, also kept as stages/<refit name>/)
+    refit/               with `refit:`: input/ (final/ before the refit) and teacher/ (the same weights
+                         with the base tokenizer), removed once the refit stage is written
+    eval/                what `koemb evaluate` writes: results.json (base, expanded, every stage), report.md, charts;
+                         interpolate-alpha/ when alpha is chosen on a validation suite
     checkpoints/         training checkpoints (model folders never hold any)
     cache/teacher.*      the distillation teacher's embeddings by text (the base model never changes):
                          teacher.safetensors + teacher.texts.json
@@ -231,6 +235,13 @@ class PipelineConfig(StrictModel):
     interpolate: InterpolateConfig | None = Field(
         None, description="Make final/ a weight-space interpolation between the last stage and the base (or an earlier stage)."
     )
+    refit: StageConfig | None = Field(
+        None,
+        description="One more stage after prune and interpolate, on final/, taught by final/ itself read with the BASE "
+        "tokenizer (the network's reading of the base pieces, which the new tokens' reading trails): with "
+        "`train: new_rows` and a distillation objective, the new rows are fitted to the network they ended up in. "
+        "final/ becomes its output.",
+    )
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     trust_remote_code: bool = Field(False, description="Run Python code shipped with the base model (auto_map). Off: only if you trust it.")
     allow_pickle: bool = Field(False, description="Load .bin/.pt pickle weights (a pickle can run code when loaded). Off: safetensors only.")
@@ -247,6 +258,11 @@ class PipelineConfig(StrictModel):
                 f"({self.tokenizer.settings.max_new_tokens}): there is nothing to prune"
             )
         names = [s.name for s in self.stages]
+        if self.refit is not None:
+            if not self.refit.objective.needs_teacher:
+                raise ValueError("refit.objective: the refit learns from final/ read with the base tokenizer; give it a `distill` term")
+            if self.refit.name in names:
+                raise ValueError(f"refit.name {self.refit.name!r} is a stage's name too (both are folders under stages/)")
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"stage names must be unique (they are folder names); repeated: {dup}")
@@ -259,8 +275,8 @@ class PipelineConfig(StrictModel):
 
     @property
     def final_is_last_stage(self) -> bool:
-        """False when `final/` is derived from the last stage (pruned or interpolated)."""
-        return self.prune is None and self.interpolate is None
+        """False when `final/` is derived from the last stage (pruned, interpolated or refitted)."""
+        return self.prune is None and self.interpolate is None and self.refit is None
 
     @property
     def needs_teacher(self) -> bool:
@@ -310,7 +326,7 @@ def resolve_config_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     elif isinstance(ev, dict) and isinstance(ev.get("suite"), dict):  # an inline suite's task files
         for t in entries(ev["suite"].get("tasks")):
             at(t, "path", True)
-    for st in entries(data.get("stages")):
+    for st in [*entries(data.get("stages")), data.get("refit")]:
         if isinstance(st, dict):
             for e in entries(st.get("data")):
                 at(e, "path", True)
@@ -357,6 +373,7 @@ def validate_pipeline(cfg: PipelineConfig, source: str = "config") -> list[str]:
     entries += [(f"prune.texts.{i}", d) for i, d in enumerate(cfg.prune.texts if cfg.prune else [])]
     for si, st in enumerate(cfg.stages):
         entries += [(f"stages.{si}.data.{j}", d) for j, d in enumerate(st.data)]
+    entries += [(f"refit.data.{j}", d) for j, d in enumerate(cfg.refit.data if cfg.refit else [])]
     for where, d in entries:
         if d.hub is not None:
             notes.append(f"{where}: hub data set {d.hub.repo} not checked (needs the network)")
@@ -364,10 +381,10 @@ def validate_pipeline(cfg: PipelineConfig, source: str = "config") -> list[str]:
         p = resolve_corpus_path(d.path)
         if not p.is_file():
             raise UserError(f"{source}: {where}.path: {p} does not exist")
-    for si, st in enumerate(cfg.stages):
+    for where, st in [*((f"stages.{si}", st) for si, st in enumerate(cfg.stages)), *([("refit", cfg.refit)] if cfg.refit else [])]:
         # Whether a source's pairs are scored decides which objective reads it: a stage that cannot read
         # one of its sources fails now, not when the stage starts (the loop checks again on all rows).
-        scored = {f"{source}: stages.{si}.data.{j} ({d.path})": _first_row_scored(resolve_corpus_path(d.path)) for j, d in enumerate(st.data) if d.hub is None}
+        scored = {f"{source}: {where}.data.{j} ({d.path})": _first_row_scored(resolve_corpus_path(d.path)) for j, d in enumerate(st.data) if d.hub is None}
         st.objective.check_sources(scored)
     for key in ("expanded_model",):
         v = getattr(cfg, key)
@@ -391,9 +408,9 @@ def validate_pipeline(cfg: PipelineConfig, source: str = "config") -> list[str]:
     model_cfg = _model_config(cfg.expanded_model or cfg.base_model, notes)
     if model_cfg is not None:
         skeleton = _meta_model(model_cfg)
-        for si, st in enumerate(cfg.stages):
+        for where, st in [*((f"stages.{si}", st) for si, st in enumerate(cfg.stages)), *([("refit", cfg.refit)] if cfg.refit else [])]:
             if st.train.kind == "lora":
-                st.train.check_targets(skeleton, f"{source}: stages.{si}.train.target_modules")
+                st.train.check_targets(skeleton, f"{source}: {where}.train.target_modules")
     return notes
 
 
@@ -573,7 +590,8 @@ def _first_new_id(folder: Path) -> int | None:
 
 
 def train_stages(
-    cfg: PipelineConfig, out: str | Path, *, model: str | Path | None = None, base: str | None = None, resume: bool = False, accelerator=None
+    cfg: PipelineConfig, out: str | Path, *, model: str | Path | None = None, base: str | None = None, resume: bool = False, accelerator=None,
+    first_index: int = 0, where: str = "stages", teacher_cache: str = "teacher",
 ) -> Path:
     """Run every stage from the expanded `model` (default: OUT/expanded or `expanded_model`); return the last stage's folder.
 
@@ -611,14 +629,14 @@ def train_stages(
         ).to(acc.device).eval()
         tmodel.requires_grad_(False)
         teacher = Teacher(tmodel, base_tok, EncodeSpec.from_preset(tpreset), cfg.runtime.teacher_batch_size)
-        teacher.load(out / "cache" / "teacher.safetensors")
+        teacher.load(out / "cache" / f"{teacher_cache}.safetensors")
     rt = Runtime(
         checkpoint_dir=out / "checkpoints", log_dir=out / "logs", checkpoint_every=cfg.runtime.checkpoint_every,
         keep_checkpoints=cfg.runtime.keep_checkpoints, log_every=cfg.runtime.log_every,
         gradient_checkpointing=cfg.runtime.gradient_checkpointing, progress=cfg.runtime.progress,
-        skip_bad_batches=cfg.runtime.skip_bad_batches,
+        skip_bad_batches=cfg.runtime.skip_bad_batches, where=where,
     )
-    for i, stage in enumerate(cfg.stages):
+    for i, stage in enumerate(cfg.stages, start=first_index):
         dest = out / "stages" / stage.name
         if (dest / "config.json").is_file():
             if not resume:
@@ -647,16 +665,16 @@ def train_stages(
         )
         if acc.is_main_process:
             if teacher is not None:
-                teacher.save(out / "cache" / "teacher.safetensors")
+                teacher.save(out / "cache" / f"{teacher_cache}.safetensors")
             save_sentence_transformer(
                 trained, tok, dest, preset, expansion=current / "expansion.json" if (current / "expansion.json").is_file() else None,
-                recipe={"stage": i + 1, "of": len(cfg.stages), "from": str(current), **stage.model_dump(mode="json")},
-                title=f"koemb stage {i + 1}/{len(cfg.stages)}: {stage.name}", overwrite=True,
+                recipe={"stage": i + 1, "of": first_index + len(cfg.stages), "from": str(current), **stage.model_dump(mode="json")},
+                title=f"koemb stage {i + 1}/{first_index + len(cfg.stages)}: {stage.name}", overwrite=True,
             )
         acc.wait_for_everyone()
         current = dest
         del net, trained
-        if i + 1 < len(cfg.stages):
+        if i + 1 < first_index + len(cfg.stages):
             fault("between_stages")
     return current
 
@@ -795,6 +813,57 @@ def choose_alpha(cfg: PipelineConfig, anchor: str, src: Path, final: Path, tmp: 
     return best[1]
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
+                   "merges.txt", "vocab.txt", "sentencepiece.bpe.model", "tokenizer.model", "spiece.model", "chat_template.jinja")
+
+
+def refit_teacher(model: Path, base: str, dest: Path, trust_remote_code: bool = False) -> Path:
+    """`model`'s weights with the BASE tokenizer: the network reading the base pieces, which is what the new rows
+    should reproduce. The base ids are the first ids of the expanded vocabulary, so the rows they index are the
+    model's own (its new rows are never read). Weights are hard-linked when the file system allows it."""
+    from transformers import AutoTokenizer
+
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for item in model.iterdir():
+        if item.name in TOKENIZER_FILES or item.name == "expansion.json":
+            continue
+        target = dest / item.name
+        if item.is_dir():
+            shutil.copytree(item, target)
+        else:
+            try:
+                os.link(item, target)
+            except OSError:
+                shutil.copy2(item, target)
+    AutoTokenizer.from_pretrained(base, trust_remote_code=trust_remote_code).save_pretrained(str(dest))
+    return dest
+
+
+def refit_step(cfg: PipelineConfig, out: Path, base: str, acc, resume: bool) -> Path:
+    """`refit:`: final/ (pruned, interpolated) is moved to refit/input/, the refit stage learns from it on the
+    expanded tokenisation with refit/teacher/ (the same weights, base tokenizer) as the teacher, and its
+    output (stages/<refit name>/) becomes final/."""
+    assert cfg.refit is not None
+    final, work = out / "final", out / "refit"
+    dest = out / "stages" / cfg.refit.name
+    if acc.is_main_process:
+        work.mkdir(exist_ok=True)
+        _copy_folder(final, work / "input")
+        refit_teacher(work / "input", base, work / "teacher", cfg.trust_remote_code)
+    acc.wait_for_everyone()
+    # Its own teacher cache: the texts are the stages' texts, the teacher is not the base model.
+    one = cfg.model_copy(update={"stages": [cfg.refit]})
+    train_stages(one, out, model=work / "input", base=str(work / "teacher"), resume=resume, accelerator=acc,
+                 first_index=len(cfg.stages), where="refit", teacher_cache="refit-teacher")
+    if acc.is_main_process:
+        _copy_folder(dest, final)
+        shutil.rmtree(work / "teacher")
+    acc.wait_for_everyone()
+    return final
+
+
 def _keep_for_target(cfg: PipelineConfig, last: Path) -> tuple[int | None, Any, dict[str, Any]]:
     """`prune.target_reduction`: the fewest new tokens (multiples of `prune.step`) that keep every `prune.texts`
     set that much shorter, ranked as the prune will rank them (one ranking, handed to the prune: uses are counted
@@ -843,6 +912,9 @@ def evaluate_step(cfg: PipelineConfig, out: Path, base: str) -> dict[str, Any] |
         for s in cfg.stages[:-1] if cfg.final_is_last_stage else cfg.stages:
             baselines.append(str(out / "stages" / s.name))
             labels.append(s.name)
+        if cfg.refit is not None and (cfg.prune is not None or cfg.interpolate is not None):
+            baselines.append(str(out / "refit" / "input"))  # the pruned / interpolated model the refit started from
+            labels.append("before-refit")
     return evaluate(
         str(out / "final"), suite, out / "eval", baselines=baselines, baseline_labels=labels,
         label="final", preset=None, mteb_tasks=ev.mteb,
@@ -880,12 +952,22 @@ def _run(cfg: PipelineConfig, out: Path, acc, resume: bool) -> None:
     _check_prune(cfg, Path(cfg.expanded_model or out / "expanded"))
     last = train_stages(cfg, out, base=base, resume=resume, accelerator=acc)
     if acc.is_main_process:
-        from koemb.eval.report import write_training_chart
-
-        try:  # a chart is a convenience: it must never stand between finished stages and `final`
-            write_training_chart(out / "logs" / "train.jsonl", out / "logs" / "training.png")
-        except Exception as e:  # noqa: BLE001
-            log.warning("logs/training.png not written: %s", e)
+        _training_chart(out)
         final_step(cfg, out, last, base)
+    acc.wait_for_everyone()
+    if cfg.refit is not None:
+        refit_step(cfg, out, base, acc, resume)
+        if acc.is_main_process:
+            _training_chart(out)  # again, with the refit's losses
+    if acc.is_main_process:
         evaluate_step(cfg, out, base)
     acc.wait_for_everyone()
+
+
+def _training_chart(out: Path) -> None:
+    from koemb.eval.report import write_training_chart
+
+    try:  # a chart is a convenience: it must never stand between finished stages and `final`
+        write_training_chart(out / "logs" / "train.jsonl", out / "logs" / "training.png")
+    except Exception as e:  # noqa: BLE001
+        log.warning("logs/training.png not written: %s", e)
