@@ -404,7 +404,7 @@ def validate_pipeline(cfg: PipelineConfig, source: str = "config") -> list[str]:
         if not validation_tasks(_load_suite(cfg.interpolate.select_on, where)):
             raise UserError(f"{where}: the suite has no retrieval or STS task to score the alphas on")
         if cfg.evaluation and cfg.evaluation.suite == cfg.interpolate.select_on:
-            notes.append(f"{where} is the evaluation suite: alpha is then chosen on the sets the run reports")
+            log.warning("%s is the evaluation suite: alpha is then chosen on the sets the run reports", where)
     model_cfg = _model_config(cfg.expanded_model or cfg.base_model, notes)
     if model_cfg is not None:
         skeleton = _meta_model(model_cfg)
