@@ -801,9 +801,10 @@ def choose_alpha(cfg: PipelineConfig, anchor: str, src: Path, final: Path, tmp: 
         else:
             shutil.rmtree(folder)
     assert best is not None
+    # Renames within OUT (tmp is OUT/.final.*): final/ is never a half-written folder.
     if final.exists():
-        shutil.rmtree(final)
-    shutil.move(str(best[2]), str(final))
+        final.rename(tmp / "previous-final")
+    best[2].rename(final)
     selection = {"chosen": best[1], "scores": scores, "score": "mean main metric of " + ", ".join(validation_tasks(suite)),
                  "suite": ip.select_on if isinstance(ip.select_on, str) else "inline"}
     text = json.dumps(selection, indent=2, ensure_ascii=False)
