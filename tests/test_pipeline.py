@@ -143,6 +143,14 @@ def test_cli_validate_names_the_bad_field(tmp_path, capsys):
     assert main(["validate", "--config", str(path), "--set", f"stages.1.data.0.path={scored}"]) == 2
     assert "stages.1.data.0" in (err := capsys.readouterr().err) and "add cosent" in err
     assert main(["validate", "--config", str(path), "--set", f"stages.1.data.0.path={scored}", "--set", "stages.1.objective=[cosent]"]) == 0
+    # refit: its data is checked like a stage's, under its own name, and the summary lists it after the stages.
+    cfg["refit"] = {"name": "refit", "train": "new_rows", "objective": {"distill": {}}, "data": [{"path": "builtin:ko-sample"}], "lr": 1e-3, "steps": 1}
+    path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    capsys.readouterr()
+    assert main(["validate", "--config", str(path)]) == 0
+    assert "then refit: refit (new_rows, distill)" in " ".join(capsys.readouterr().out.split())
+    assert main(["validate", "--config", str(path), "--set", "refit.data.0.path=/nope.jsonl"]) == 2
+    assert "refit.data.0.path" in capsys.readouterr().err
 
 
 def test_prune_makes_final_keep_the_first_or_the_most_used_new_tokens(tmp_path):

@@ -86,4 +86,5 @@ def validate_cmd(
     for n in notes:
         console.print(f"[yellow]not checked:[/] {n}", highlight=False)
     kinds = ", ".join(f"{s.name} ({s.train.kind}, {'+'.join(s.objective.parts())})" for s in cfg.stages)
-    console.print(f"{config}: valid; {len(cfg.stages)} stages: {kinds}", highlight=False)
+    refit = f"; then refit: {cfg.refit.name} ({cfg.refit.train.kind}, {'+'.join(cfg.refit.objective.parts())})" if cfg.refit else ""
+    console.print(f"{config}: valid; {len(cfg.stages)} stages: {kinds}{refit}", highlight=False)
