@@ -11,8 +11,8 @@ CLI only parses flags. Output layout under OUT:
     final/               the last stage's model (with `prune:`, only N of its new tokens; with
                          `interpolate:`, moved back towards the base or an earlier stage; with `refit:`,
                          the output of that last stage, also kept as stages/<refit name>/)
-    refit/               with `refit:`: input/ (final/ before the refit) and teacher/ (the same weights
-                         with the base tokenizer), removed once the refit stage is written
+    refit/               with `refit:`: input/ (final/ before the refit, evaluated as `before-refit`) and
+                         teacher/ (the same weights with the base tokenizer; removed once the refit stage is written)
     eval/                what `koemb evaluate` writes: results.json (base, expanded, every stage), report.md, charts;
                          interpolate-alpha/ when alpha is chosen on a validation suite
     checkpoints/         training checkpoints (model folders never hold any)
@@ -843,7 +843,7 @@ def refit_teacher(model: Path, base: str, dest: Path, trust_remote_code: bool = 
 
 
 def refit_step(cfg: PipelineConfig, out: Path, base: str, acc, resume: bool) -> Path:
-    """`refit:`: final/ (pruned, interpolated) is moved to refit/input/, the refit stage learns from it on the
+    """`refit:`: final/ (pruned, interpolated) is copied to refit/input/, the refit stage learns from it on the
     expanded tokenisation with refit/teacher/ (the same weights, base tokenizer) as the teacher, and its
     output (stages/<refit name>/) becomes final/."""
     assert cfg.refit is not None
