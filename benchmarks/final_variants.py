@@ -67,7 +67,8 @@ def mixed_state(base: dict[str, torch.Tensor], stages: list[dict[str, torch.Tens
 
 
 def is_particle_token(token: str, base_words: set[str]) -> bool:
-    """'▁정부의' (or '정부의') when '▁정부' is a base piece; the word may be one syllable ('▁물의')."""
+    """'▁정부의' (or '정부의') when '▁정부' is a base piece; the word may be one syllable ('▁물의'), so a noun
+    that only looks like one ('▁사과' = '▁사' + '과') counts too: 'split' is the stricter rule."""
     word = token.lstrip("\u2581")
     return any(word.endswith(p) and len(word) > len(p) and "\u2581" + word[: -len(p)] in base_words for p in PARTICLES)
 

@@ -1,0 +1,57 @@
+"""benchmarks/final_variants.py's pure parts: the per-stage mix and the word+particle rule."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from final_variants import is_particle_token, mixed_state
+
+from koemb.model.interpolate import interpolate_state
+
+EMB = "emb"
+
+
+def _run(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    # The base has 2 spare rows past its 5 ids; the stages have 5 shared + 3 new rows.
+    base = {"w": torch.randn(3, 4, generator=g), EMB: torch.randn(7, 2, generator=g)}
+    stages, prev = [], base
+    for _ in range(3):
+        st = {"w": prev["w"] + torch.randn(3, 4, generator=g), EMB: torch.cat([prev[EMB][:5], torch.zeros(3, 2)]) + torch.randn(8, 2, generator=g)}
+        stages.append(st)
+        prev = st
+    return base, stages
+
+
+def test_equal_coefficients_are_the_one_alpha_interpolation():
+    base, stages = _run()
+    for alpha in (0.0, 0.7, 1.0):
+        mix = mixed_state(base, stages, [alpha] * 3, EMB, shared=5)
+        ref, _ = interpolate_state(base, stages[-1], alpha, embedding_key=EMB, shared_rows=5)
+        for k in mix:
+            assert torch.allclose(mix[k], ref[k], atol=1e-6), (alpha, k)
+        assert torch.equal(mix[EMB][5:], stages[-1][EMB][5:])  # new rows as trained, at any alpha
+
+
+def test_each_stage_has_its_own_coefficient():
+    base, stages = _run(1)
+    mix = mixed_state(base, stages, [1.0, 0.0, 0.5], EMB, shared=5)
+    # stage 1 whole, stage 2's change dropped, half of stage 3's change
+    want = stages[0]["w"] + 0.5 * (stages[2]["w"] - stages[1]["w"])
+    assert torch.allclose(mix["w"], want, atol=1e-6)
+    assert mix[EMB].shape == (8, 2) and not torch.equal(mix["w"], stages[-1]["w"])
+
+
+def test_word_plus_particle_tokens():
+    words = {"\u2581정부", "\u2581물", "\u2581사", "\u2581국민"}
+    assert is_particle_token("\u2581정부의", words)
+    assert is_particle_token("\u2581정부에서의", words)
+    assert is_particle_token("\u2581물은", words)  # a one-syllable word
+    assert is_particle_token("정부는", words)  # inside a word, the word still a base piece
+    assert not is_particle_token("\u2581국민청원", words)  # no particle at the end
+    assert not is_particle_token("\u2581의", words)  # a particle alone
+    assert not is_particle_token("\u2581대한민국의", words)  # the word is not a base piece
