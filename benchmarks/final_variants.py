@@ -21,7 +21,8 @@ The output is a final/-like sentence-transformers folder: mixed, pruned (the con
 
 usage: python benchmarks/final_variants.py --run outputs/me5-small-ko --config configs/me5-small-ko.yaml \
            --base /tmp/koemb-models/me5-small --out /tmp/variant [--coef 0.7,0.7,1.0,0.5,0.5] \
-           [--drop-particles [--keep-particles 1000] [--particle-rule base|split]]
+           [--drop-particles [--keep-particles 1000] [--particle-rule base|split]] \
+           [--suite configs/suites/me5-study.yaml]
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from transformers import AutoTokenizer
 
 from koemb.model.files import transformer_dir
 from koemb.model.prune import Ranking, prune_model, rank_new_tokens
+from koemb.model.prune_curve import prune_curve, suite_text_sets
 from koemb.train.pipeline import load_pipeline, training_sources
 from koemb.vocab.diff import particle_split
 
@@ -83,6 +85,8 @@ def main() -> None:
     ap.add_argument("--drop-particles", action="store_true")
     ap.add_argument("--keep-particles", type=int, default=0)
     ap.add_argument("--particle-rule", choices=["base", "split"], default="base")
+    ap.add_argument("--suite", type=Path, default=None,
+                    help="also print how much shorter the written tokenizer makes the suite's Korean tasks (as `koemb model prune-curve`)")
     args = ap.parse_args()
 
     cfg = load_pipeline(args.config)
@@ -129,6 +133,10 @@ def main() -> None:
             order = plain[:keep] + part[: args.keep_particles] + plain[keep:] + part[args.keep_particles :]
             ranking = Ranking(ranked=order, per_source=ranking.per_source, counts=ranking.counts)
             keep += args.keep_particles
+        if args.suite is not None:
+            curve = prune_curve(full, [keep], suite_text_sets(args.suite), ranked=ranking.ranked)
+            red = curve.points[0].reduction
+            print("fewer tokens than the base: " + ", ".join(f"{n} {100 * r:.2f}%" for n, r in red.items()))
         prune_model(full, args.out, keep, rank_by=cfg.prune.rank_by, sources=sources, ranking=ranking, overwrite=True)
     print(f"wrote {args.out}: coefficients {dict(zip(names, coef))}, {keep} new tokens")
 

@@ -110,7 +110,7 @@ def prune_curve_cmd(
 
     from koemb.errors import UserError
     from koemb.model.prune import corpus_sources
-    from koemb.model.prune_curve import expansion_of, hangul_share, prune_curve, step_keeps, write_curve_plot
+    from koemb.model.prune_curve import expansion_of, prune_curve, step_keeps, suite_text_sets, write_curve_plot
 
     if (keep is None) == (step is None):
         raise UserError("give either --keep N,N,... or --step N")
@@ -130,19 +130,7 @@ def prune_curve_cmd(
         name = str(f) if f.stem in sets or any(g.stem == f.stem for g in text if g != f) else f.stem
         sets[name] = [t for texts in corpus_sources([f]).values() for t in texts if t.strip()]
     if suite is not None:
-        from koemb.eval.suite import load_suite
-        from koemb.eval.tasks import TASK_TYPES, read_task_data
-
-        s = load_suite(suite)
-        unknown = [t for t in task if t not in {x.name for x in s.tasks}]
-        if unknown:
-            raise UserError(f"--task {unknown[0]!r}: not a task of {suite} (tasks: {', '.join(x.name for x in s.tasks)})")
-        for spec in s.tasks:
-            if task and spec.name not in task:
-                continue
-            texts = TASK_TYPES[spec.type].raw_texts(read_task_data(spec.type, spec.reader, s.resolve_path(spec), spec.split))
-            if task or hangul_share(texts) >= 0.5:
-                sets[spec.name] = texts
+        sets.update(suite_text_sets(suite, task))
     keeps = step_keeps(len(expansion_of(model)["tokens"]), step) if step is not None else _keeps(keep)
     sources = corpus_sources(corpus) if corpus else None
     if config is not None:

@@ -143,6 +143,26 @@ def prune_curve(
     return curve
 
 
+def suite_text_sets(suite: str | os.PathLike, tasks: Sequence[str] = ()) -> dict[str, list[str]]:
+    """Task name -> its raw texts (no prompts) for the tasks of an evaluation suite YAML: those named in `tasks`,
+    or, when none are named, every task whose text is mostly Hangul (what a Korean token saving is measured on)."""
+    from koemb.eval.suite import load_suite
+    from koemb.eval.tasks import TASK_TYPES, read_task_data
+
+    s = load_suite(suite)
+    unknown = [t for t in tasks if t not in {x.name for x in s.tasks}]
+    if unknown:
+        raise UserError(f"--task {unknown[0]!r}: not a task of {suite} (tasks: {', '.join(x.name for x in s.tasks)})")
+    sets: dict[str, list[str]] = {}
+    for spec in s.tasks:
+        if tasks and spec.name not in tasks:
+            continue
+        texts = TASK_TYPES[spec.type].raw_texts(read_task_data(spec.type, spec.reader, s.resolve_path(spec), spec.split))
+        if tasks or hangul_share(texts) >= 0.5:
+            sets[spec.name] = texts
+    return sets
+
+
 def hangul_share(texts: Iterable[str]) -> float:
     """Share of the letters in `texts` that are Hangul syllables (0 for text without letters)."""
     letters = hangul = 0
