@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -55,3 +56,14 @@ def test_word_plus_particle_tokens():
     assert not is_particle_token("\u2581국민청원", words)  # no particle at the end
     assert not is_particle_token("\u2581의", words)  # a particle alone
     assert not is_particle_token("\u2581대한민국의", words)  # the word is not a base piece
+
+
+def test_reading_gap_ranks_count_the_documents_scored_higher():
+    from reading_gap import mrr, ranks
+
+    q = np.array([[1.0, 0.0], [0.0, 1.0]])
+    d = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
+    # query 0's positive is document 0 (first); query 1's is document 1, behind document 2 (cos 1.0 vs 0.8)
+    r = ranks(q, d, np.array([0, 1]))
+    assert r.tolist() == [0, 1] and mrr(r) == 0.75
+    assert ranks(q, np.array([[1.0, 0.0], [1.0, 0.0]]), np.array([1, 1]))[0] == 0  # equal scores: not ahead
