@@ -10,8 +10,8 @@ recipe need other models than koemb writes, so they are built here:
                    e.g. the adaptation stage kept whole and the contrastive stages halved.
 --drop-particles   the prune leaves out new tokens that are a word plus a Korean particle (josa): the token's
                    text (word-start mark or not) = the text of a base piece that starts a word (e.g. '▁정부')
-                   + one of PARTICLES ('▁정부의'): N other tokens stay, ranked as the config's prune ranks them. `--keep-particles M`
-                   keeps the M best-ranked of them as well (N + M in all). The donor-level filter
+                   + one of PARTICLES ('▁정부의'). N other tokens stay, ranked as the config's prune ranks
+                   them; `--keep-particles M` keeps the M best-ranked word+particle tokens as well (N + M). The donor-level filter
                    (`tokenizer.settings.filters.split_particles`, koemb.vocab.diff.particle_split) counts a
                    word of 2+ syllables known to the base OR to the candidates; `--particle-rule split` uses
                    that rule instead.
@@ -43,7 +43,7 @@ from koemb.model.prune_curve import prune_curve, suite_text_sets
 from koemb.train.pipeline import load_pipeline, training_sources
 from koemb.vocab.diff import particle_split
 
-# The josa a word-start token may end in (longest first, so '에서의' is read before '의').
+# The josa (Korean particles) a word+particle token may end in; any of them counts.
 PARTICLES = ("에서의", "으로서", "에서", "에게", "으로", "로서", "에는", "과의", "와의", "이다", "이며",
              "의", "이", "가", "을", "를", "은", "는", "에", "로", "와", "과", "도", "만")
 
@@ -109,6 +109,7 @@ def main() -> None:
     mixed = mixed_state(base, stages, coef, emb_key, shared)
     del base, stages
 
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.out.parent, prefix=f".{args.out.name}-") as tmp:
         full = Path(tmp) / "mixed"
         shutil.copytree(last_dir, full)
