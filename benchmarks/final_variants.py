@@ -17,7 +17,7 @@ recipe need other models than koemb writes, so they are built here:
                    that rule instead.
 
 The output is a final/-like sentence-transformers folder: mixed, pruned (the config's `prune:`; N =
-`keep_new_tokens`), and nothing else (the interpolation is the mix). Evaluate it with `koemb evaluate`.
+`keep_new_tokens`, or `--keep N`), and nothing else (the interpolation is the mix). Evaluate it with `koemb evaluate`.
 
 usage: python benchmarks/final_variants.py --run outputs/me5-small-ko --config configs/me5-small-ko.yaml \
            --base /tmp/koemb-models/me5-small --out /tmp/variant [--coef 0.7,0.7,1.0,0.5,0.5] \
@@ -82,6 +82,7 @@ def main() -> None:
     ap.add_argument("--base", type=Path, required=True, help="the base model's folder")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--coef", default=None, help="one per stage, comma-separated (default: the config's alpha for each)")
+    ap.add_argument("--keep", type=int, default=None, help="new tokens kept (default: the config's prune.keep_new_tokens)")
     ap.add_argument("--drop-particles", action="store_true")
     ap.add_argument("--keep-particles", type=int, default=0)
     ap.add_argument("--particle-rule", choices=["base", "split"], default="base")
@@ -116,7 +117,7 @@ def main() -> None:
         save_file(mixed, str(transformer_dir(full) / "model.safetensors"), metadata={"format": "pt"})
         sources = training_sources(cfg)
         ranking = rank_new_tokens(full, exp, cfg.prune.rank_by, sources)
-        keep = cfg.prune.keep_new_tokens
+        keep = args.keep if args.keep is not None else cfg.prune.keep_new_tokens
         if args.drop_particles:
             tok = AutoTokenizer.from_pretrained(str(transformer_dir(full)))
             base_tok = AutoTokenizer.from_pretrained(str(transformer_dir(args.base)))
