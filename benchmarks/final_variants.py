@@ -43,7 +43,9 @@ from koemb.model.prune_curve import prune_curve, suite_text_sets
 from koemb.train.pipeline import load_pipeline, training_sources
 from koemb.vocab.diff import particle_split
 
-# The josa (Korean particles) a word+particle token may end in; any of them counts.
+# The josa (Korean particles) a word+particle token may end in; any of them counts. Not koemb.vocab.diff's
+# KOREAN_PARTICLES (the donor filter's 22): this is the list session 24 measured with (it adds copula and compound
+# endings such as '이다', '에서의' and lacks '까지', '부터', '처럼', '보다', '에도'); `--particle-rule split` uses that one.
 PARTICLES = ("에서의", "으로서", "에서", "에게", "으로", "로서", "에는", "과의", "와의", "이다", "이며",
              "의", "이", "가", "을", "를", "은", "는", "에", "로", "와", "과", "도", "만")
 
