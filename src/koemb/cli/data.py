@@ -44,3 +44,51 @@ def build_train_cmd(
             typer.echo(f"{section:9s} {name:16s} {entry['rows']:7d}  {entry['file']}")
     t = manifest["totals"]
     typer.echo(f"wrote {out}: {t['pairs']} pairs, {t['unlabeled_texts']} texts; manifest.json lists what was read, dropped and excluded")
+
+
+@data_app.command("mine-negatives")
+def mine_negatives_cmd(
+    model: str = typer.Option(..., "--model", help="Model folder or hub id that ranks the candidates (usually the base model)."),
+    pairs: Path = typer.Option(..., "--pairs", help="Pairs JSONL (query, positive, ...) to give a hard negative each."),
+    out: Path = typer.Option(..., "--out", help="Pairs JSONL to write (with `negative`); a summary goes to OUT.mine.json."),
+    extra_docs: list[Path] = typer.Option([], "--extra-docs", help="Corpus files whose texts join the candidates (repeatable)."),
+    margin: float = typer.Option(0.95, "--margin", help="Pass over candidates scoring above MARGIN x the query's positive (likely false negatives)."),
+    skip: int = typer.Option(0, "--skip", help="Take the (SKIP+1)-th permitted candidate instead of the hardest."),
+    depth: int = typer.Option(50, "--depth", help="How many best-ranked documents per query are looked at."),
+    replace_negatives: bool = typer.Option(False, "--replace-negatives", help="Also mine for pairs that already have a negative."),
+    keep_unmatched: bool = typer.Option(
+        False, "--keep-unmatched", help="Keep pairs no candidate passed for, without a negative (default: leave them out; in a batch they take the hard negatives from every other example)."
+    ),
+    prompts: bool = typer.Option(True, "--prompts/--no-prompts", help="Prompt texts as the model's card says (off when the data has them written in)."),
+    task: str | None = typer.Option(None, "--task", help="Query instruction for an instruction-prompted model (default: the preset's)."),
+    max_length: int | None = typer.Option(None, "--max-length", help="Truncate texts to this many tokens (default: the model's)."),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
+) -> None:
+    """Give each query -> answer pair a hard negative: a document the model ranks high that is not its answer."""
+    import json
+    from dataclasses import asdict
+
+    from koemb.data.corpus import iter_documents
+    from koemb.data.mine import MineSettings, mine_negatives
+    from koemb.data.pairs import read_pairs, write_pairs
+    from koemb.errors import UserError
+    from koemb.model.encoder import Encoder
+
+    if out.exists() and not overwrite:
+        raise UserError(f"{out}: exists; pass --overwrite to replace it")
+    settings = MineSettings(margin=margin, skip=skip, depth=depth, overwrite=replace_negatives)
+    rows = read_pairs(pairs)
+    extra = list(iter_documents(extra_docs)) if extra_docs else []
+    enc = Encoder.load(model, overrides={"max_length": max_length} if max_length else None, batch_size=batch_size)
+    mined, stats = mine_negatives(rows, enc, settings, prompts=prompts, task=task, extra=extra, keep_unmatched=keep_unmatched)
+    n = write_pairs(out, mined)
+    summary = {"model": model, "pairs_file": str(pairs), "settings": asdict(settings), **stats.summary()}
+    side = out.with_name(out.name + ".mine.json")
+    side.write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    s = stats.summary()
+    typer.echo(
+        f"wrote {out}: {n} pairs, {s['mined']} with a mined negative (median rank {s['median_rank']}), "
+        f"{s['kept_own']} kept their own, {s['none_found']} without ({s['dropped']} left out); {s['above_margin']} candidates passed over "
+        f"as likely false negatives; summary in {side}"
+    )
