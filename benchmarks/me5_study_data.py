@@ -15,6 +15,10 @@ Writes
                                   packed into 250-800-character passages, one sentence taken out as the `query: `,
                                   the rest the `passage: `. The pair sets have few passages (KorQuAD's are
                                   ~500-700 characters); these teach reading one.
+    OUT/e5/pairs-ict/ict.jsonl    inverse-cloze pairs cut within ONE text each (a passage never joins two petitions),
+                                  150-350 characters (within stage 4's 128 tokens), from the long sources EXCEPT the
+                                  UNESCO report, whose inverse cloze is the validation suite's passage task; with a
+                                  `group` per text. Session 26 measured them in stage 4 (docs/results.md).
     OUT/e5/chunks.jsonl           EVERY unlabeled text (the donor's whole corpus, not texts.jsonl's sample), cut into
                                   sentence-packed chunks of at most 200 characters (within a new-row stage's 128
                                   tokens), shuffled, as {query, positive} like texts.jsonl: the pool a stage's
@@ -90,6 +94,13 @@ def main() -> None:
             dst.write(json.dumps({"query": Q + q, "positive": P + p, "source": "ict"}, ensure_ascii=False) + "\n")
     print(f"passages {len(pairs)}")
 
+    (out / "e5" / "pairs-ict").mkdir(parents=True, exist_ok=True)
+    per_text = ict_pairs_per_text(train / "unlabeled", args.passages)
+    with (out / "e5" / "pairs-ict" / "ict.jsonl").open("w", encoding="utf-8") as dst:
+        for r in per_text:
+            dst.write(json.dumps(r, ensure_ascii=False) + "\n")
+    print(f"pairs-ict {len(per_text)}")
+
     n = 0
     with (Path(args.stsb) / "sts-dev.csv").open(encoding="utf-8") as src, (out / "eval" / "stsb-en-dev.jsonl").open("w", encoding="utf-8") as dst:
         for row in csv.reader(src, delimiter="\t", quoting=csv.QUOTE_NONE):
@@ -155,6 +166,38 @@ def ict_pairs(unlabeled: Path, limit: int, lo: int = 250, hi: int = 800) -> list
                 cur = []
             if sent and len(sent) <= hi:
                 cur.append(sent)
+    rng.shuffle(out)
+    return out[:limit]
+
+
+def ict_pairs_per_text(unlabeled: Path, limit: int, sources: tuple[str, ...] = ("petitions", "book_reviews", "fairytales"),
+                       lo: int = 150, hi: int = 350) -> list[dict[str, str]]:
+    """Inverse-cloze pairs as {query, positive, group, source} rows, prompts written in: each text (one line of
+    a source) packed on its own into passages of lo-hi characters (the sentences' characters, as in `ict_pairs`)
+    of at least 3 sentences, one sentence of 15-200 characters taken out as the query. `group` = the text, so two
+    passages of one petition are never each other's in-batch negative. The default sources leave out the UNESCO
+    report: the validation suite's inverse cloze reads it. Deterministic (seed 7), shuffled, the first `limit`."""
+    rng = random.Random(7)
+    out: list[dict[str, str]] = []
+    for name in sources:
+        f = unlabeled / f"{name}.jsonl"
+        if not f.is_file():
+            continue
+        with f.open(encoding="utf-8") as src:
+            for i, line in enumerate(src):
+                cur: list[str] = []
+                sents = [s for s in _SENTENCE.split(json.loads(line)["text"].strip()) if s]
+                for sent in sents + [""]:  # "" flushes the text's last passage
+                    if cur and (not sent or sum(map(len, cur)) + len(sent) > hi):
+                        if sum(map(len, cur)) >= lo and len(cur) >= 3:
+                            ok = [k for k, c in enumerate(cur) if 15 <= len(c) <= 200]
+                            if ok:
+                                k = rng.choice(ok)
+                                out.append({"query": Q + cur[k], "positive": P + " ".join(cur[:k] + cur[k + 1 :]),
+                                            "group": f"{name}:{i}", "source": f"ict_{name}"})
+                        cur = []
+                    if sent and len(sent) <= hi:
+                        cur.append(sent)
     rng.shuffle(out)
     return out[:limit]
 

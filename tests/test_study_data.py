@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from me5_study_data import chunks, ict_pairs
+from me5_study_data import _SENTENCE, chunks, ict_pairs, ict_pairs_per_text
 
 
 def test_ict_pairs_take_one_sentence_out_of_a_passage(tmp_path, ko_data):
@@ -39,3 +39,29 @@ def test_chunks_keep_every_character_within_the_bound(ko_data):
     # Nothing lost or invented: the same non-space characters, only re-cut (and shuffled).
     assert sorted("".join(out).replace(" ", "")) == sorted("".join(texts).replace(" ", ""))
     assert chunks(texts, 200) == out  # seeded
+
+
+def test_ict_pairs_per_text_stay_within_one_text_and_skip_the_validation_report(tmp_path, ko_data):
+    from koemb.data.ko_sources import unlabeled_texts
+
+    unlabeled = tmp_path / "unlabeled"
+    unlabeled.mkdir()
+    texts = {name: unlabeled_texts(ko_data, sources=[name])[:60] for name in ("petitions", "unesco")}
+    for name, rows in texts.items():
+        with (unlabeled / f"{name}.jsonl").open("w", encoding="utf-8") as fh:
+            for t in rows:
+                fh.write(json.dumps({"text": t}, ensure_ascii=False) + "\n")
+    rows = ict_pairs_per_text(unlabeled, 10_000)
+    assert len(rows) > 20
+    assert {r["source"] for r in rows} == {"ict_petitions"}  # the UNESCO report is the validation's text
+    for r in rows:
+        q, p = r["query"].removeprefix("query: "), r["positive"].removeprefix("passage: ")
+        assert r["query"].startswith("query: ") and r["positive"].startswith("passage: ")
+        assert 15 <= len(q) <= 200 and q not in p
+        # Query and passage come from the text named by `group`, never from two texts.
+        # (compared without whitespace: the packer joins sentences with one space, the text may have had more.)
+        source_text = "".join(texts["petitions"][int(r["group"].split(":")[1])].split())
+        assert "".join(q.split()) in source_text
+        assert all("".join(s.split()) in source_text for s in _SENTENCE.split(p))
+        assert 150 - len(q) - 5 <= len(p) <= 350 + p.count(" ")
+    assert ict_pairs_per_text(unlabeled, 10_000) == rows  # seeded
