@@ -187,6 +187,23 @@ def test_lora_on_chosen_layers_changes_only_those_layers(tiny_dir, tmp_path):
         Lora(target_modules=["q_proj"], layers=[7]).check_targets(model)
 
 
+def test_lora_targets_may_be_dotted_suffixes_as_peft_reads_them(tiny_dir, tmp_path):
+    # e5 (BERT) has three linear layers called 'dense' per block; 'attention.output.dense' names one of them. The
+    # tiny Qwen3's names are unique, so the same rule is checked with 'self_attn.q_proj' / 'mlp.down_proj'.
+    from koemb.errors import UserError
+
+    pairs, _ = write_data(tmp_path)
+    before = AutoModel.from_pretrained(str(tiny_dir), dtype=torch.float32).state_dict()
+    train = {"kind": "lora", "r": 4, "alpha": 8, "target_modules": ["self_attn.q_proj", "mlp.down_proj"], "layers": [1]}
+    model, _ = run_stage(tiny_dir, stage([pairs], train=train, lr=5e-2, steps=3), tmp_path / "ckpt")
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
+    assert changed == {"layers.1.self_attn.q_proj.weight", "layers.1.mlp.down_proj.weight"}
+    # A suffix must end at a dot: 'f_attn.q_proj' is not 'self_attn.q_proj', and no MLP has a q_proj.
+    for bad in ("f_attn.q_proj", "mlp.q_proj"):
+        with pytest.raises(UserError, match=rf"\['{bad}'\] match no linear layer"):
+            Lora(target_modules=[bad]).check_targets(model)
+
+
 def test_lora_with_new_rows_trains_both_at_their_own_lr_and_resumes(tiny_dir, tmp_path):
     pairs, text = write_data(tmp_path)
     before = AutoModel.from_pretrained(str(tiny_dir), dtype=torch.float32).state_dict()

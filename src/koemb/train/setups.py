@@ -152,7 +152,8 @@ class Lora(StrictModel):
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
         min_length=1,
-        description="Names of the linear modules to adapt (suffixes of module names).",
+        description="Linear modules to adapt: a module's last name or a dotted suffix of its full name, as peft matches them "
+        "(BERT: 'dense' = every dense layer, 'attention.output.dense' = the attention's output projection only).",
     )
 
     layers: list[int] | None = Field(
@@ -174,10 +175,11 @@ class Lora(StrictModel):
     )
 
     def check_targets(self, model: nn.Module, where: str = "train.target_modules") -> None:
-        names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-        missing = [t for t in self.target_modules if t not in names]
+        linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+        missing = [t for t in self.target_modules if not any(_names_module(t, n) for n in linears)]
         if missing:
-            raise UserError(f"{where}: {missing} match no linear layer of the model; its linear layers are {sorted(names)}")
+            names = sorted({n.rsplit(".", 1)[-1] for n in linears})
+            raise UserError(f"{where}: {missing} match no linear layer of the model; its linear layers are {names}")
         if self.layers is not None:
             found = {i for i, _ in _layer_linears(model, self.target_modules)}
             bad = [i for i in self.layers if i not in found]
@@ -220,6 +222,12 @@ class Lora(StrictModel):
         return Prepared(peft_model, finish, own_lr)
 
 
+def _names_module(target: str, name: str) -> bool:
+    """peft's rule for a target_modules string: the module's full name, or a dotted suffix of it. So 'dense'
+    names every BERT dense layer and 'attention.output.dense' only the attention's output projection."""
+    return name == target or name.endswith("." + target)
+
+
 _LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks)\.(\d+)\.")  # Qwen3 "layers.3.", BERT "encoder.layer.3."
 
 
@@ -228,7 +236,7 @@ def _layer_linears(model: nn.Module, suffixes: list[str]) -> list[tuple[int, str
     out = []
     for name, m in model.named_modules():
         hit = _LAYER.search(name)
-        if isinstance(m, nn.Linear) and hit and name.rsplit(".", 1)[-1] in suffixes:
+        if isinstance(m, nn.Linear) and hit and any(_names_module(t, name) for t in suffixes):
             out.append((int(hit.group(1)), name))
     return out
 
