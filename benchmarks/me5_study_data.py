@@ -136,6 +136,24 @@ def chunks(texts: list[str], hi: int) -> list[str]:
     return out
 
 
+def _cloze(sents: list[str], lo: int, hi: int, rng: random.Random) -> list[tuple[str, str]]:
+    """Consecutive sentences packed into passages of lo-hi characters (a longer sentence is skipped); from each of
+    >= 3 sentences, one of 15-200 characters (drawn by `rng`) taken out: (it, the passage without it)."""
+    out: list[tuple[str, str]] = []
+    cur: list[str] = []
+    for sent in sents + [""]:  # "" flushes the last passage
+        if cur and (not sent or sum(map(len, cur)) + len(sent) > hi):
+            if sum(map(len, cur)) >= lo and len(cur) >= 3:
+                ok = [i for i, c in enumerate(cur) if 15 <= len(c) <= 200]
+                if ok:
+                    k = rng.choice(ok)
+                    out.append((cur[k], " ".join(cur[:k] + cur[k + 1 :])))
+            cur = []
+        if sent and len(sent) <= hi:
+            cur.append(sent)
+    return out
+
+
 def ict_pairs(unlabeled: Path, limit: int, lo: int = 250, hi: int = 800) -> list[tuple[str, str]]:
     """(sentence, its passage without it) for passages of lo-hi characters packed from LONG_SOURCES.
 
@@ -155,17 +173,7 @@ def ict_pairs(unlabeled: Path, limit: int, lo: int = 250, hi: int = 800) -> list
         with f.open(encoding="utf-8") as src:
             for line in src:
                 sents.extend(s for s in _SENTENCE.split(json.loads(line)["text"].strip()) if s)
-        cur: list[str] = []
-        for sent in sents + [""]:  # "" flushes the last passage
-            if cur and (not sent or sum(map(len, cur)) + len(sent) > hi):
-                if sum(map(len, cur)) >= lo and len(cur) >= 3:
-                    ok = [i for i, c in enumerate(cur) if 15 <= len(c) <= 200]
-                    if ok:
-                        k = rng.choice(ok)
-                        out.append((cur[k], " ".join(cur[:k] + cur[k + 1 :])))
-                cur = []
-            if sent and len(sent) <= hi:
-                cur.append(sent)
+        out.extend(_cloze(sents, lo, hi, rng))
     rng.shuffle(out)
     return out[:limit]
 
@@ -185,19 +193,9 @@ def ict_pairs_per_text(unlabeled: Path, limit: int, sources: tuple[str, ...] = (
             continue
         with f.open(encoding="utf-8") as src:
             for i, line in enumerate(src):
-                cur: list[str] = []
                 sents = [s for s in _SENTENCE.split(json.loads(line)["text"].strip()) if s]
-                for sent in sents + [""]:  # "" flushes the text's last passage
-                    if cur and (not sent or sum(map(len, cur)) + len(sent) > hi):
-                        if sum(map(len, cur)) >= lo and len(cur) >= 3:
-                            ok = [k for k, c in enumerate(cur) if 15 <= len(c) <= 200]
-                            if ok:
-                                k = rng.choice(ok)
-                                out.append({"query": Q + cur[k], "positive": P + " ".join(cur[:k] + cur[k + 1 :]),
-                                            "group": f"{name}:{i}", "source": f"ict_{name}"})
-                        cur = []
-                    if sent and len(sent) <= hi:
-                        cur.append(sent)
+                out.extend({"query": Q + q, "positive": P + p, "group": f"{name}:{i}", "source": f"ict_{name}"}
+                           for q, p in _cloze(sents, lo, hi, rng))
     rng.shuffle(out)
     return out[:limit]
 
