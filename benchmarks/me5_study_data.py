@@ -34,6 +34,7 @@ import csv
 import json
 import random
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 LONG_SOURCES = ("petitions", "book_reviews", "unesco", "fairytales")
@@ -136,6 +137,15 @@ def chunks(texts: list[str], hi: int) -> list[str]:
     return out
 
 
+def _texts(unlabeled: Path, name: str) -> Iterator[str]:
+    """The texts of unlabeled/<name>.jsonl in file order; none when the source was not built."""
+    f = unlabeled / f"{name}.jsonl"
+    if f.is_file():
+        with f.open(encoding="utf-8") as src:
+            for line in src:
+                yield json.loads(line)["text"]
+
+
 def _cloze(sents: list[str], lo: int, hi: int, rng: random.Random) -> list[tuple[str, str]]:
     """Consecutive sentences packed into passages of lo-hi characters (a longer sentence is skipped); from each of
     >= 3 sentences, one of 15-200 characters (drawn by `rng`) taken out: (it, the passage without it)."""
@@ -166,13 +176,7 @@ def ict_pairs(unlabeled: Path, limit: int, lo: int = 250, hi: int = 800) -> list
     rng = random.Random(1)
     out: list[tuple[str, str]] = []
     for name in LONG_SOURCES:
-        f = unlabeled / f"{name}.jsonl"
-        if not f.is_file():
-            continue
-        sents: list[str] = []
-        with f.open(encoding="utf-8") as src:
-            for line in src:
-                sents.extend(s for s in _SENTENCE.split(json.loads(line)["text"].strip()) if s)
+        sents = [s for text in _texts(unlabeled, name) for s in _SENTENCE.split(text.strip()) if s]
         out.extend(_cloze(sents, lo, hi, rng))
     rng.shuffle(out)
     return out[:limit]
@@ -188,14 +192,10 @@ def ict_pairs_per_text(unlabeled: Path, limit: int, sources: tuple[str, ...] = (
     rng = random.Random(7)
     out: list[dict[str, str]] = []
     for name in sources:
-        f = unlabeled / f"{name}.jsonl"
-        if not f.is_file():
-            continue
-        with f.open(encoding="utf-8") as src:
-            for i, line in enumerate(src):
-                sents = [s for s in _SENTENCE.split(json.loads(line)["text"].strip()) if s]
-                out.extend({"query": Q + q, "positive": P + p, "group": f"{name}:{i}", "source": f"ict_{name}"}
-                           for q, p in _cloze(sents, lo, hi, rng))
+        for i, text in enumerate(_texts(unlabeled, name)):
+            sents = [s for s in _SENTENCE.split(text.strip()) if s]
+            out.extend({"query": Q + q, "positive": P + p, "group": f"{name}:{i}", "source": f"ict_{name}"}
+                       for q, p in _cloze(sents, lo, hi, rng))
     rng.shuffle(out)
     return out[:limit]
 
