@@ -179,7 +179,10 @@ class Lora(StrictModel):
         missing = [t for t in self.target_modules if not any(_names_module(t, n) for n in linears)]
         if missing:
             names = sorted({n.rsplit(".", 1)[-1] for n in linears})
-            raise UserError(f"{where}: {missing} match no linear layer of the model; its linear layers are {names}")
+            raise UserError(
+                f"{where}: {missing} match no linear layer of the model; its linear layers are {names}"
+                f" (a dotted entry is a suffix of a full name, e.g. {linears[0]!r})"
+            )
         if self.layers is not None:
             found = {i for i, _ in _layer_linears(model, self.target_modules)}
             bad = [i for i in self.layers if i not in found]
