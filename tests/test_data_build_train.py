@@ -48,6 +48,13 @@ def test_evaluation_data_never_reaches_training(built, ko_data):
         assert not {" ".join(s.split()) for p in sts for s in (p.sentence1, p.sentence2)} & texts
     korquad = eval_sets.read_korquad_retrieval(ko_data / "korquad_v1_dev/KorQuAD_v1.0_dev.json")
     assert not {" ".join(q.split()) for q in korquad.queries.values()} & texts
+    # English STS-B dev (the "no worse at English" check): STS-B train repeats some of its sentences verbatim, so
+    # without the filter they would reach training as the English side of the Korean<->English pairs.
+    with (ko_data.parent / "en/stsb/sts-dev.csv").open(encoding="utf-8", newline="") as fh:
+        en_dev = {" ".join(s.split()) for row in csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE) for s in row[5:7]}
+    assert len(en_dev) > 2500 and not en_dev & texts
+    assert manifest["excluded"]["evaluation_texts"]["en/stsb/sts-dev.csv"] > 0
+    assert manifest["pairs"]["stsb_ko_en"]["dropped"]["equals_evaluation_text"] > 50
     # The training side of StrategyQA is there, and is exactly the non-held-out questions that parse.
     train_q = {p.group.split(":", 1)[1] for p in _pairs(out, "strategyqa")}
     assert train_q and not train_q & holdout and len(train_q) + 1000 + 83 + manifest["pairs"]["strategyqa"]["dropped"].get("equals_evaluation_text", 0) == 4244

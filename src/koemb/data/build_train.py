@@ -27,10 +27,12 @@ Pair sources (registry `PAIR_SOURCES`; each handles its data set's traps, see ..
 
 Unlabeled text: the readers of `koemb.data.ko_sources`, one file per source, de-duplicated across sources.
 
-Never used: KorSTS dev and test, KorQuAD dev, the StrategyQA hold-out. On top of excluding those
-files, every pair or text whose (whitespace-normalised) text EQUALS a text of an evaluation set
-(KorSTS dev/test sentences, KorQuAD dev questions and paragraphs, hold-out questions and facts,
-the built-in separation set) is dropped and counted: data sets copy sentences from each other.
+Never used: KorSTS dev and test, KorQuAD dev, the StrategyQA hold-out, English STS-B dev. On top of
+excluding those files, every pair or text whose (whitespace-normalised) text EQUALS a text of an
+evaluation set (KorSTS dev/test sentences, KorQuAD dev questions and paragraphs, hold-out questions
+and facts, the built-in separation set, English STS-B dev sentences when the English folder is
+there) is dropped and counted: data sets copy sentences from each other (STS-B train repeats some of
+its dev sentences, so a few `stsb_ko_en` pairs go).
 
 Hub data sets (`hub:` in the config) are downloaded with `huggingface_hub` (no `datasets`
 dependency) when the machine is online; offline they are a clear error.
@@ -337,9 +339,13 @@ def _stsb_key(row: list[str] | dict[str, str]) -> tuple[str, str, str, str]:
     return row[0], row[1], row[2], row[3]
 
 
+def _en_stsb_dir(root: Path, cfg: BuildConfig) -> Path:
+    return Path(cfg.en_stsb) if cfg.en_stsb else root.parent / "en" / "stsb"
+
+
 @pair_source("stsb_ko_en", "korsts")
 def _stsb_ko_en(ctx: Context) -> Iterator[Pair]:
-    en_dir = Path(ctx.cfg.en_stsb) if ctx.cfg.en_stsb else ctx.root.parent / "en" / "stsb"
+    en_dir = _en_stsb_dir(ctx.root, ctx.cfg)
     en_path = en_dir / "sts-train.csv"
     if not en_path.is_file():
         raise UserError(f"{en_path}: English STS-B train not found (set en_stsb, or leave `stsb_ko_en` out of pair_sources)")
@@ -382,8 +388,12 @@ def _norm(text: str) -> str:
     return " ".join(text.split())
 
 
-def evaluation_texts(root: Path) -> tuple[set[str], dict[str, int]]:
-    """Every text the evaluation uses, whitespace-normalised; and how many came from which file."""
+def evaluation_texts(root: Path, en_stsb: Path | None = None) -> tuple[set[str], dict[str, int]]:
+    """Every text the evaluation uses, whitespace-normalised; and how many came from which file.
+
+    en_stsb: the English STS-B folder; its dev split is the "no worse at English" check, so its sentences must
+    not reach training either (the Korean<->English pairs take their English side from STS-B train, which
+    repeats some dev sentences verbatim)."""
     from koemb.data import eval_sets
     from koemb.resources import RESOURCES
 
@@ -407,6 +417,9 @@ def evaluation_texts(root: Path) -> tuple[set[str], dict[str, int]]:
     if p.is_file():
         holdout = _holdout_ids()
         add("strategyqa_holdout", (t for it in eval_sets.read_strategyqa(p) if it.id in holdout for t in (it.question, it.facts)))
+    p = en_stsb / "sts-dev.csv" if en_stsb is not None else None
+    if p is not None and p.is_file():
+        add("en/stsb/sts-dev.csv", (s for row in _tsv(p, header=False) for s in row[5:7]))
     sep = RESOURCES / "separation_ko.jsonl"
     if sep.is_file():
         rows = [json.loads(line) for line in sep.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -563,7 +576,7 @@ def build_train(
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise UserError(f"{out}: already exists and is not empty; choose another --out or pass --overwrite")
 
-    eval_texts, eval_counts = evaluation_texts(root) if cfg.decontaminate else (set(), {})
+    eval_texts, eval_counts = evaluation_texts(root, _en_stsb_dir(root, cfg)) if cfg.decontaminate else (set(), {})
     if out.exists():
         shutil.rmtree(out)
     manifest: dict[str, Any] = {
@@ -572,7 +585,8 @@ def build_train(
         "pairs": {},
         "unlabeled": {},
         "excluded": {
-            "files": ["korsts/sts-dev.tsv", "korsts/sts-test.tsv", "korquad_v1_dev/KorQuAD_v1.0_dev.json"],
+            "files": ["korsts/sts-dev.tsv", "korsts/sts-test.tsv", "korquad_v1_dev/KorQuAD_v1.0_dev.json",
+                      "en/stsb/sts-dev.csv (English; when present)"],
             "strategyqa_holdout": "koemb/resources/strategyqa_holdout_ids.txt",
             "evaluation_texts": eval_counts,
             "rule": "pairs or texts equal (whitespace-normalised) to an evaluation text are dropped",

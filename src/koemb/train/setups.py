@@ -133,13 +133,32 @@ class AllRows(StrictModel):
 
 
 class Full(StrictModel):
-    """Train every parameter."""
+    """Train every parameter; with `new_rows_lr`, every parameter but the old embedding rows."""
 
     kind: Literal["full"] = "full"
+    new_rows_lr: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Train the expansion's new rows (ids >= first_new_id) at this lr and the rest of the network at the "
+            "stage's; the old rows stay frozen (bit-identical, no optimizer state for them). The network wants a "
+            "small lr (e5-small: ~3e-5) and the rows a large one (~3e-3), which one lr cannot give both."
+        ),
+    )
 
     def prepare(self, model: nn.Module, first_new_id: int | None) -> Prepared:
         _unfreeze_all(model)
-        return Prepared(model, lambda: model)
+        if self.new_rows_lr is None:
+            return Prepared(model, lambda: model)
+        rows = _wrap_new_rows(model, first_new_id, "train.new_rows_lr")
+        rows.base.weight.requires_grad_(False)  # old rows: frozen, outside the optimizer
+        own_lr = {n: self.new_rows_lr for n, p in model.named_parameters() if p is rows.new}
+
+        def finish() -> nn.Module:
+            model.set_input_embeddings(rows.write_back())
+            return _unfreeze_all(model)
+
+        return Prepared(model, finish, own_lr)
 
 
 class Lora(StrictModel):
