@@ -19,7 +19,7 @@ from koemb.train.checkpoint import list_checkpoints, load_checkpoint
 from koemb.train.data import Source
 from koemb.train.encode import embed, read_spec, tokenize
 from koemb.train.loop import Runtime, source_names, train_stage
-from koemb.train.setups import Full, Lora
+from koemb.train.setups import Lora
 from koemb.train.stage import SCHEDULES, StageConfig
 
 NEW_WORDS = ["유산", "병원", "생각", "사람", "우리", "있습니다", "그리고", "하지만"]
@@ -204,55 +204,46 @@ def test_lora_targets_may_be_dotted_suffixes_as_peft_reads_them(tiny_dir, tmp_pa
             Lora(target_modules=[bad]).check_targets(model)
 
 
-def test_lora_with_new_rows_trains_both_at_their_own_lr_and_resumes(tiny_dir, tmp_path):
+def _only_q_v_changed(changed: set[str]) -> bool:
+    return bool(changed) and all(("q_proj" in k or "v_proj" in k) for k in changed)
+
+
+def _mlp_and_attention_changed(changed: set[str]) -> bool:
+    # Every matrix trains, the MLPs too (which a LoRA on attention leaves alone).
+    return {"layers.0.mlp.down_proj.weight", "layers.1.self_attn.o_proj.weight"} <= changed
+
+
+@pytest.mark.parametrize(
+    ("train", "network_check"),
+    [
+        ({"kind": "lora", "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"], "new_rows_lr": 5e-2}, _only_q_v_changed),
+        ({"kind": "full", "new_rows_lr": 5e-2}, _mlp_and_attention_changed),
+    ],
+    ids=["lora", "full"],
+)
+def test_new_rows_train_beside_the_network_at_their_own_lr_and_resume(tiny_dir, tmp_path, train, network_check):
     pairs, text = write_data(tmp_path)
     before = AutoModel.from_pretrained(str(tiny_dir), dtype=torch.float32).state_dict()
-    train = {"kind": "lora", "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"], "new_rows_lr": 5e-2}
     cfg = stage([pairs, text], train=train, lr=1e-3, steps=4, weight_decay=0.5)
-    # Stop after 2 steps (a simulated crash), then resume: the checkpoint holds LoRA AND the new rows.
+    # Stop after 2 steps (a simulated crash), then resume: the checkpoint holds the network's part AND the new rows.
     assert run_stage(tiny_dir, cfg, tmp_path / "ckpt", stop_after=2, checkpoint_every=1)[0] is None
     state = load_checkpoint(list_checkpoints(tmp_path / "ckpt")[-1])
     rows = [n for n in state["trainable"] if n.endswith("embed_tokens.new")]
-    assert len(rows) == 1 and any("lora_" in n for n in state["trainable"])
-    # Two optimizer groups at their peak lrs (the scheduler's initial_lr): the LoRA's and the rows'.
+    assert len(rows) == 1 and not any(n.endswith("embed_tokens.base.weight") for n in state["trainable"])
+    # Two optimizer groups at their peak lrs (the scheduler's initial_lr): the network's and the rows'.
     assert sorted(g["initial_lr"] for g in state["optimizer"]["param_groups"]) == [1e-3, 5e-2]
     model, _ = run_stage(tiny_dir, cfg, tmp_path / "ckpt", resume=True, checkpoint_every=1)
     after = model.state_dict()
-    assert set(after) == set(before), "LoRA merged and the rows written back: the plain model again"
+    assert set(after) == set(before), "any LoRA merged and the rows written back: the plain model again"
     emb = "embed_tokens.weight"
     assert torch.equal(after[emb][:FIRST_NEW], before[emb][:FIRST_NEW]), "old rows must not move (weight decay 0.5)"
     assert not torch.equal(after[emb][FIRST_NEW:], before[emb][FIRST_NEW:]), "new rows did not train"
-    changed = {k for k in before if k != emb and not torch.equal(before[k], after[k])}
-    assert changed and all(("q_proj" in k or "v_proj" in k) for k in changed)
+    assert network_check({k for k in before if k != emb and not torch.equal(before[k], after[k])})
     from koemb.errors import UserError
 
     unexpanded = AutoModel.from_pretrained(str(tiny_dir), dtype=torch.float32)
     with pytest.raises(UserError, match="new_rows_lr needs an expanded model"):
-        Lora(target_modules=["q_proj"], new_rows_lr=1e-2).prepare(unexpanded, None)
-
-
-def test_full_with_new_rows_trains_network_and_new_rows_and_keeps_old_rows(tiny_dir, tmp_path):
-    pairs, text = write_data(tmp_path)
-    before = AutoModel.from_pretrained(str(tiny_dir), dtype=torch.float32).state_dict()
-    cfg = stage([pairs, text], train={"kind": "full", "new_rows_lr": 5e-2}, lr=1e-3, steps=4, weight_decay=0.5)
-    assert run_stage(tiny_dir, cfg, tmp_path / "ckpt", stop_after=2, checkpoint_every=1)[0] is None
-    state = load_checkpoint(list_checkpoints(tmp_path / "ckpt")[-1])
-    assert sorted(g["initial_lr"] for g in state["optimizer"]["param_groups"]) == [1e-3, 5e-2]
-    assert not any(n.endswith("embed_tokens.base.weight") for n in state["trainable"]), "old rows must not train"
-    model, _ = run_stage(tiny_dir, cfg, tmp_path / "ckpt", resume=True, checkpoint_every=1)
-    after = model.state_dict()
-    assert set(after) == set(before), "the rows written back: the plain model again"
-    emb = "embed_tokens.weight"
-    assert torch.equal(after[emb][:FIRST_NEW], before[emb][:FIRST_NEW]), "old rows must not move (weight decay 0.5)"
-    assert not torch.equal(after[emb][FIRST_NEW:], before[emb][FIRST_NEW:]), "new rows did not train"
-    # Every other matrix trains (the MLPs too, which a LoRA on attention leaves alone).
-    for k in ("layers.0.mlp.down_proj.weight", "layers.1.self_attn.o_proj.weight"):
-        assert not torch.equal(before[k], after[k]), k
-    from koemb.errors import UserError
-
-    unexpanded = AutoModel.from_pretrained(str(tiny_dir), dtype=torch.float32)
-    with pytest.raises(UserError, match="new_rows_lr needs an expanded model"):
-        Full(new_rows_lr=1e-2).prepare(unexpanded, None)
+        cfg.train.prepare(unexpanded, None)
 
 
 def test_grad_cache_gives_the_same_gradients(tiny_dir, tmp_path):
