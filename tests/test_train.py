@@ -214,14 +214,15 @@ def _mlp_and_attention_changed(changed: set[str]) -> bool:
 
 
 @pytest.mark.parametrize(
-    ("train", "network_check"),
+    ("train", "in_checkpoint", "network_check"),
     [
-        ({"kind": "lora", "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"], "new_rows_lr": 5e-2}, _only_q_v_changed),
-        ({"kind": "full", "new_rows_lr": 5e-2}, _mlp_and_attention_changed),
+        ({"kind": "lora", "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"], "new_rows_lr": 5e-2}, "lora_",
+         _only_q_v_changed),
+        ({"kind": "full", "new_rows_lr": 5e-2}, "mlp.down_proj.weight", _mlp_and_attention_changed),
     ],
     ids=["lora", "full"],
 )
-def test_new_rows_train_beside_the_network_at_their_own_lr_and_resume(tiny_dir, tmp_path, train, network_check):
+def test_new_rows_train_beside_the_network_at_their_own_lr_and_resume(tiny_dir, tmp_path, train, in_checkpoint, network_check):
     pairs, text = write_data(tmp_path)
     before = AutoModel.from_pretrained(str(tiny_dir), dtype=torch.float32).state_dict()
     cfg = stage([pairs, text], train=train, lr=1e-3, steps=4, weight_decay=0.5)
@@ -230,6 +231,7 @@ def test_new_rows_train_beside_the_network_at_their_own_lr_and_resume(tiny_dir, 
     state = load_checkpoint(list_checkpoints(tmp_path / "ckpt")[-1])
     rows = [n for n in state["trainable"] if n.endswith("embed_tokens.new")]
     assert len(rows) == 1 and not any(n.endswith("embed_tokens.base.weight") for n in state["trainable"])
+    assert any(in_checkpoint in n for n in state["trainable"]), f"the network's trained part ({in_checkpoint}) is not saved"
     # Two optimizer groups at their peak lrs (the scheduler's initial_lr): the network's and the rows'.
     assert sorted(g["initial_lr"] for g in state["optimizer"]["param_groups"]) == [1e-3, 5e-2]
     model, _ = run_stage(tiny_dir, cfg, tmp_path / "ckpt", resume=True, checkpoint_every=1)

@@ -142,7 +142,8 @@ class Full(StrictModel):
         description=(
             "Train the expansion's new rows (ids >= first_new_id) at this lr and the rest of the network at the "
             "stage's; the old rows stay frozen (bit-identical, no optimizer state for them). The network wants a "
-            "small lr (e5-small: ~3e-5) and the rows a large one (~3e-3), which one lr cannot give both."
+            "transformer-sized lr (session 33 ran e5-small at 5e-5) and the rows an embedding-sized one (3e-3), "
+            "which one lr cannot give both."
         ),
     )
 
