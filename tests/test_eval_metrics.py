@@ -10,7 +10,19 @@ import torch
 from koemb.eval.metrics import correlation_metrics, mrr_at_k, retrieval_metrics, separation_metrics
 from koemb.eval.retrieval import document_text, exact_search
 from koemb.eval.rowstats import embedding_row_stats
+from koemb.eval.report import change_points
 from koemb.eval.tokstats import tokenizer_stats
+
+
+def test_change_points_against_the_baseline():
+    results = {
+        "base": {"sts": {"spearman": 0.7684}, "ret": {"ndcg@10": 0.8865}},
+        "final": {"sts": {"spearman": 0.7983}, "ret": {"ndcg@10": 0.8786}},
+        "other": {"sts": {"spearman": 0.70}},  # never ran `ret`
+    }
+    pts = change_points(results, "base", ["final", "other"], ["sts", "ret"], {"sts": "spearman", "ret": "ndcg@10"})
+    assert pts["final"] == pytest.approx([2.99, -0.79])
+    assert pts["other"][0] == pytest.approx(-6.84) and math.isnan(pts["other"][1])
 
 
 def test_retrieval_metrics_by_hand():

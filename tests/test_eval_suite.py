@@ -126,6 +126,8 @@ def test_cli_evaluate_end_to_end_with_baseline_cache_and_row_stats(suite_dir, qw
     report = (out / "report.md").read_text(encoding="utf-8")
     assert "| my-retrieval | ndcg@10 |" in report and "Δ% tiny-expanded" in report
     assert (out / "charts" / "main_metrics.png").stat().st_size > 1000
+    assert (out / "charts" / "main_metrics_change.png").stat().st_size > 1000  # tiny-expanded against base
+    assert "![main_metrics_change](charts/main_metrics_change.png)" in report
     assert (out / "charts" / "separation_domains.png").is_file()
 
     again = evaluate(None, suite_dir / "suites" / "s.yaml", tmp_path / "again", baselines=[base], device="cpu")

@@ -74,8 +74,11 @@ def markdown_report(results: Results, baselines: Sequence[str], models: Sequence
     return "\n".join(lines)
 
 
-def write_charts(results: Results, labels: Sequence[str], main_metric: Mapping[str, str], out_dir: Path) -> list[Path]:
-    """`main_metrics.png` (main metric per task, one bar per model) and, if present, `separation_domains.png`."""
+def write_charts(results: Results, labels: Sequence[str], main_metric: Mapping[str, str], out_dir: Path,
+                 baseline: str | None = None) -> list[Path]:
+    """`main_metrics.png` (main metric per task, one bar per model), with a `baseline` also
+    `main_metrics_change.png` (each other model's change against it, in points), and, if present,
+    `separation_domains.png`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -102,6 +105,9 @@ def write_charts(results: Results, labels: Sequence[str], main_metric: Mapping[s
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
+        others = [lab for lab in labels if lab != baseline]
+        if baseline in labels and others:
+            written.append(_change_chart(results, baseline, others, tasks, main_metric, out_dir / "main_metrics_change.png"))
     sep_tasks = [t for t in tasks if main_metric[t] == "separation"]
     for task in sep_tasks[:1]:
         domains = list(dict.fromkeys(
@@ -125,6 +131,46 @@ def write_charts(results: Results, labels: Sequence[str], main_metric: Mapping[s
         plt.close(fig)
         written.append(path)
     return written
+
+
+def change_points(results: Results, baseline: str, labels: Sequence[str], tasks: Sequence[str],
+                  main_metric: Mapping[str, str]) -> dict[str, list[float]]:
+    """label -> [100 * (label's main metric - the baseline's) per task]; NaN where either lacks the task; pure."""
+    nan = float("nan")
+    out = {}
+    for lab in labels:
+        row = []
+        for t in tasks:
+            b = results.get(baseline, {}).get(t, {}).get(main_metric[t], nan)
+            v = results.get(lab, {}).get(t, {}).get(main_metric[t], nan)
+            row.append(100 * (v - b))
+        out[lab] = row
+    return out
+
+
+def _change_chart(results: Results, baseline: str, labels: Sequence[str], tasks: Sequence[str],
+                  main_metric: Mapping[str, str], path: Path) -> Path:
+    """Grouped bars of 100 * (model - baseline) per task: the differences that matter here are a point or
+    two on scores near 80-95, which bars drawn from zero (`main_metrics.png`) cannot show. A task the
+    baseline lacks is a gap, not a zero."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    x = np.arange(len(tasks))
+    width = 0.8 / len(labels)
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(tasks)), 4))
+    for i, (lab, vals) in enumerate(change_points(results, baseline, labels, tasks, main_metric).items()):
+        ax.bar(x + (i - (len(labels) - 1) / 2) * width, vals, width, label=lab, color=f"C{i + 1}")
+    ax.axhline(0.0, color="black", lw=0.8)
+    ax.set_xticks(x, [f"{t}\n{main_metric[t]}" for t in tasks], fontsize=8)
+    ax.set_ylabel(f"change against {baseline} (points, x100)")
+    ax.grid(axis="y", lw=0.3, alpha=0.6)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_title(f"main metric per task: change against {baseline}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def read_training_log(path: Path) -> dict[str, list[tuple[int, dict[str, float]]]]:

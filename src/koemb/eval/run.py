@@ -222,7 +222,7 @@ def evaluate(
     b = [e.label for e in entries if e.role == "baseline"]
     m = [e.label for e in entries if e.role == "model"]
     (out / "report.md").write_text(markdown_report(results, b, m, main_metric), encoding="utf-8")
-    charts = write_charts(results, [*b, *m], main_metric, out / "charts")
+    charts = write_charts(results, [*b, *m], main_metric, out / "charts", baseline=b[0] if b else None)
     if charts:
         with (out / "report.md").open("a", encoding="utf-8") as fh:
             fh.write("\n" + "\n".join(f"![{c.stem}](charts/{c.name})" for c in charts) + "\n")
