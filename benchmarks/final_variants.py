@@ -8,6 +8,10 @@ recipe need other models than koemb writes, so they are built here:
                    base + sum_i c_i * (stage_i - stage_{i-1})  (stage_0 = the base), shared rows and network.
                    With every c_i = alpha this is `final/` (to float rounding). Which stage's change costs what:
                    e.g. the adaptation stage kept whole and the contrastive stages halved.
+--new-rows-coef c1,...,cn   the same for the new tokens' rows, from the run's expanded/ (their init):
+                   init + sum_i c_i * (stage_i - stage_{i-1}). Default: as trained (every c_i = 1), as
+                   `interpolate:` keeps them. Session 35: is stage 3's change to the rows (made beside the
+                   LoRA'd network) to be scaled like the network's?
 --drop-particles   the prune leaves out new tokens that are a word plus a Korean particle (josa): the token's
                    text (word-start mark or not) = the text of a base piece that starts a word (e.g. '▁정부')
                    + one of PARTICLES ('▁정부의'). N other tokens stay, ranked as the config's prune ranks
@@ -21,6 +25,7 @@ The output is a final/-like sentence-transformers folder: mixed, pruned (the con
 
 usage: python benchmarks/final_variants.py --run outputs/me5-small-ko --config configs/me5-small-ko.yaml \
            --base /tmp/koemb-models/me5-small --out /tmp/variant [--coef 0.7,0.7,1.0,0.5,0.5] \
+           [--new-rows-coef 1,1,0.7,0.7,0.7 [--expanded RUN/expanded]] \
            [--drop-particles [--keep-particles 1000] [--particle-rule base|split]] \
            [--suite configs/suites/me5-study.yaml]
 """
@@ -50,23 +55,36 @@ PARTICLES = ("에서의", "으로서", "에서", "에게", "으로", "로서", "
              "의", "이", "가", "을", "를", "은", "는", "에", "로", "와", "과", "도", "만")
 
 
+def path_mix(start: torch.Tensor, path: list[torch.Tensor], coef: list[float]) -> torch.Tensor:
+    """start + sum_i coef[i] * (path[i] - path[i-1]) (path[-1] = start), summed in float64; pure."""
+    acc, prev = start.double(), start
+    for c, step in zip(coef, path):
+        acc += c * (step - prev).double()
+        prev = step
+    return acc.to(path[-1].dtype)
+
+
 def mixed_state(base: dict[str, torch.Tensor], stages: list[dict[str, torch.Tensor]], coef: list[float],
-                emb_key: str, shared: int) -> dict[str, torch.Tensor]:
+                emb_key: str, shared: int, new_rows: tuple[torch.Tensor, list[float]] | None = None,
+                ) -> dict[str, torch.Tensor]:
     """base + sum_i coef[i] * (stages[i] - stages[i-1]) for every weight (stage -1 = base); pure.
 
     The embedding (rows: base [>= shared], stages [shared + new]): rows < `shared` are mixed like any weight,
-    the new rows are the last stage's (as `interpolate:` keeps them). Sums in float64 so that equal
-    coefficients reproduce the one-alpha interpolation to float rounding."""
+    the new rows are the last stage's (as `interpolate:` keeps them), or with `new_rows = (init [new, hidden],
+    coefficients)` their own path from their init. Sums in float64 so that equal coefficients reproduce the
+    one-alpha interpolation to float rounding."""
     out: dict[str, torch.Tensor] = {}
     for key, last in stages[-1].items():
-        rows = slice(0, shared) if key == emb_key else slice(None)
-        acc = base[key][rows].double()
-        prev = base[key][rows]
-        for c, st in zip(coef, stages):
-            acc += c * (st[key][rows] - prev).double()
-            prev = st[key][rows]
-        mixed = acc.to(last.dtype)
-        out[key] = torch.cat([mixed, last[shared:]]).contiguous() if key == emb_key else mixed.contiguous()
+        if key != emb_key:
+            out[key] = path_mix(base[key], [st[key] for st in stages], coef).contiguous()
+            continue
+        mixed = path_mix(base[key][:shared], [st[key][:shared] for st in stages], coef)
+        if new_rows is None:
+            new = last[shared:]
+        else:
+            init, new_coef = new_rows
+            new = path_mix(init, [st[key][shared:] for st in stages], new_coef)
+        out[key] = torch.cat([mixed, new]).contiguous()
     return out
 
 
@@ -84,6 +102,10 @@ def main() -> None:
     ap.add_argument("--base", type=Path, required=True, help="the base model's folder")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--coef", default=None, help="one per stage, comma-separated (default: the config's alpha for each)")
+    ap.add_argument("--new-rows-coef", default=None,
+                    help="one per stage for the new rows, from the run's expanded/ (default: as trained)")
+    ap.add_argument("--expanded", type=Path, default=None,
+                    help="the new rows' init for --new-rows-coef (default: RUN/expanded)")
     ap.add_argument("--keep", type=int, default=None, help="new tokens kept (default: the config's prune.keep_new_tokens)")
     ap.add_argument("--drop-particles", action="store_true")
     ap.add_argument("--keep-particles", type=int, default=0)
@@ -102,6 +124,11 @@ def main() -> None:
         coef = [float(x) for x in args.coef.split(",")]
         if len(coef) != len(names):
             raise SystemExit(f"--coef: {len(names)} stages ({', '.join(names)}), {len(coef)} coefficients")
+    new_coef = None
+    if args.new_rows_coef is not None:
+        new_coef = [float(x) for x in args.new_rows_coef.split(",")]
+        if len(new_coef) != len(names):
+            raise SystemExit(f"--new-rows-coef: {len(names)} stages ({', '.join(names)}), {len(new_coef)} coefficients")
     last_dir = args.run / "stages" / names[-1]
     exp = json.loads((last_dir / "expansion.json").read_text(encoding="utf-8"))
     shared = int(exp["first_new_id"])
@@ -109,7 +136,15 @@ def main() -> None:
     base = load_file(str(transformer_dir(args.base) / "model.safetensors"))
     stages = [load_file(str(transformer_dir(args.run / "stages" / n) / "model.safetensors")) for n in names]
     emb_key = next(k for k in stages[-1] if k.endswith("word_embeddings.weight") or k.endswith("embed_tokens.weight"))
-    mixed = mixed_state(base, stages, coef, emb_key, shared)
+    new_rows = None
+    if new_coef is not None:
+        init_dir = args.run / "expanded" if args.expanded is None else args.expanded
+        init = load_file(str(transformer_dir(init_dir) / "model.safetensors"))[emb_key][shared:]
+        if init.shape != stages[-1][emb_key][shared:].shape:
+            raise SystemExit(f"{init_dir}: new rows {tuple(init.shape)}, the stages have "
+                             f"{tuple(stages[-1][emb_key][shared:].shape)}: not this run's expanded model")
+        new_rows = (init, new_coef)
+    mixed = mixed_state(base, stages, coef, emb_key, shared, new_rows)
     del base, stages
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -142,7 +177,8 @@ def main() -> None:
             red = curve.points[0].reduction
             print("fewer tokens than the base: " + ", ".join(f"{n} {100 * r:.2f}%" for n, r in red.items()))
         prune_model(full, args.out, keep, rank_by=cfg.prune.rank_by, sources=sources, ranking=ranking, overwrite=True)
-    print(f"wrote {args.out}: coefficients {dict(zip(names, coef))}, {keep} new tokens")
+    rows = "as trained" if new_coef is None else dict(zip(names, new_coef))
+    print(f"wrote {args.out}: coefficients {dict(zip(names, coef))}, new rows {rows}, {keep} new tokens")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,22 @@ def test_each_stage_has_its_own_coefficient():
     assert mix[EMB].shape == (8, 2) and not torch.equal(mix["w"], stages[-1]["w"])
 
 
+def test_new_rows_follow_their_own_coefficients_from_their_init():
+    base, stages = _run(2)
+    init = torch.randn(3, 2, generator=torch.Generator().manual_seed(9))
+    new = lambda i: stages[i][EMB][5:]  # noqa: E731
+    mix = mixed_state(base, stages, [0.7] * 3, EMB, shared=5, new_rows=(init, [1.0, 1.0, 0.5]))
+    # the new rows: stage 2's, plus half of stage 3's change; the shared rows and the network as without it
+    assert torch.allclose(mix[EMB][5:], new(1) + 0.5 * (new(2) - new(1)), atol=1e-6)
+    plain = mixed_state(base, stages, [0.7] * 3, EMB, shared=5)
+    assert torch.equal(mix[EMB][:5], plain[EMB][:5]) and torch.equal(mix["w"], plain["w"])
+    # every coefficient 1 keeps them as trained; every coefficient 0 gives back their init
+    ones = mixed_state(base, stages, [0.7] * 3, EMB, shared=5, new_rows=(init, [1.0] * 3))
+    assert torch.allclose(ones[EMB][5:], new(2), atol=1e-6)
+    zeros = mixed_state(base, stages, [0.7] * 3, EMB, shared=5, new_rows=(init, [0.0] * 3))
+    assert torch.equal(zeros[EMB][5:], init)
+
+
 def test_word_plus_particle_tokens():
     words = {"\u2581정부", "\u2581물", "\u2581사", "\u2581국민"}
     assert is_particle_token("\u2581정부의", words)
