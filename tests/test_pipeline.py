@@ -272,8 +272,26 @@ def test_interpolate_makes_final_the_midpoint_of_the_last_stage_and_its_anchor(t
     assert {"rows", "lora", "final"} <= set(results.get("results", results))
     assert not [p for p in out.iterdir() if p.name.startswith(".final")]  # the pruned intermediate is gone
 
+    # `expanded`: the base network and rows with the new rows at their init, so every row, new ones included,
+    # is on the line (`interpolate: {anchor: base}` leaves the new rows as trained: the base has none).
+    raw["interpolate"] = {"anchor": "expanded", "alpha": 0.5}
+    final_step(validate_model(PipelineConfig, raw, "test"), out, out / "stages" / "lora", str(out / "base-not-read"))
+    init, base, final = _weights(out / "expanded"), _weights(out / "base"), _weights(out / "final")
+    info = json.loads((out / "final" / "expansion.json").read_text())
+    assert info["interpolated"]["anchor"] == str(out / "expanded")
+    for k in moved:
+        assert torch.equal(init[k], base[k])  # the expanded model's network is the base's ...
+        assert torch.allclose(final[k], (init[k] + lora[k]) / 2, atol=1e-6), k  # ... so it is the same line there
+    new = slice(info["first_new_id"], cut)  # `rank_by: order` keeps the first 20 at their ids
+    assert not torch.allclose(lora[emb][new], init[emb][new])  # stage `rows` trained them
+    assert torch.allclose(final[emb][new], (init[emb][new] + lora[emb][new]) / 2, atol=1e-6)
+
     raw["interpolate"] = {"anchor": "lora", "alpha": 0.5}  # the last stage is not an anchor
-    with pytest.raises(UserError, match=r"interpolate\.anchor must be `base` or an earlier stage \(rows\); got 'lora'"):
+    with pytest.raises(UserError, match=r"interpolate\.anchor must be `base`, `expanded` or an earlier stage \(rows\); got 'lora'"):
+        validate_model(PipelineConfig, raw, "test")
+    raw["interpolate"] = {"anchor": "base", "alpha": 0.5}
+    raw["stages"][0]["name"] = "expanded"  # a stage may not take an anchor keyword's name
+    with pytest.raises(UserError, match=r"stage name 'expanded' is also an `interpolate\.anchor` keyword"):
         validate_model(PipelineConfig, raw, "test")
 
 

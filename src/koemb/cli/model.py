@@ -165,7 +165,7 @@ def prune_curve_cmd(
 @model_app.command("interpolate")
 def interpolate(
     model: Path = typer.Option(..., "--model", help="Trained model folder (a stage, final/)."),
-    anchor: str = typer.Option(..., "--anchor", help="Where the line starts: the base model (folder or hub id) or an earlier stage's folder."),
+    anchor: str = typer.Option(..., "--anchor", help="Where the line starts: the base model (folder or hub id), the run's expanded/ (the new rows move towards their init too) or an earlier stage's folder."),
     alpha: float = typer.Option(0.5, "--alpha", help="0 = the anchor, 1 = the trained model; 0.5 is the usual default."),
     out: Path = typer.Option(..., "--out", help="Output folder (sentence-transformers layout)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model's own Python code."),
@@ -174,7 +174,8 @@ def interpolate(
 ) -> None:
     """Move a trained model back towards its base: anchor + ALPHA * (model - anchor), weight by weight (WiSE-FT).
 
-    Rows of the ids both tokenizers share are interpolated; new rows stay as trained.
+    Rows of the tokens both models have are interpolated (new tokens matched by text after a prune ranked by
+    use); with the base as the anchor the new rows stay as trained.
     """
     from koemb.model.interpolate import interpolate_models
 

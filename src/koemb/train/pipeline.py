@@ -165,12 +165,19 @@ class PruneConfig(StrictModel):
 Alpha = Annotated[float, Field(ge=0, le=1)]
 
 
+# interpolate.anchor's keywords; any other value names an earlier stage.
+ANCHORS = ("base", "expanded")
+
+
 class InterpolateConfig(StrictModel):
     """After the last stage (and the prune), `final/` = anchor + alpha * (last - anchor) (`koemb model interpolate`)."""
 
     anchor: str = Field(
         "base",
-        description="`base` (the base model) or the name of an earlier stage: where the line back from the last stage ends.",
+        description="Where the line back from the last stage ends: `base` (the base model; the new tokens' rows stay "
+        "as trained, since the base has none), `expanded` (the expanded model the stages started from: the base "
+        "network and rows, and the new rows at their init, so they move back along the same line), or the name of an "
+        "earlier stage.",
     )
     alpha: Alpha | list[Alpha] = Field(
         0.5,
@@ -266,11 +273,14 @@ class PipelineConfig(StrictModel):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"stage names must be unique (they are folder names); repeated: {dup}")
-        if self.interpolate is not None and self.interpolate.anchor != "base" and self.interpolate.anchor not in names[:-1]:
+        if self.interpolate is not None and self.interpolate.anchor not in (*ANCHORS, *names[:-1]):
             raise ValueError(
-                f"interpolate.anchor must be `base` or an earlier stage ({', '.join(names[:-1]) or 'none'}); "
+                f"interpolate.anchor must be `base`, `expanded` or an earlier stage ({', '.join(names[:-1]) or 'none'}); "
                 f"got {self.interpolate.anchor!r}"
             )
+        clash = sorted(set(names) & set(ANCHORS))
+        if clash and self.interpolate is not None:
+            raise ValueError(f"stage name {clash[0]!r} is also an `interpolate.anchor` keyword; rename the stage")
         return self
 
     @property
@@ -746,7 +756,8 @@ def final_step(cfg: PipelineConfig, out: Path, last: Path, base: str) -> Path:
             from koemb.model.interpolate import interpolate_models
 
             ip = cfg.interpolate
-            anchor = base if ip.anchor == "base" else str(out / "stages" / ip.anchor)
+            anchor = {"base": base, "expanded": str(cfg.expanded_model or out / "expanded")}.get(
+                ip.anchor, str(out / "stages" / ip.anchor))
             if len(ip.candidates) == 1:
                 interpolate_models(anchor, src, final, ip.candidates[0], overwrite=True, field="interpolate.alpha",
                                    trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
