@@ -8,9 +8,9 @@ default, chosen before looking at any evaluation.
 
 Vocabulary: the anchor is the base model (fewer tokens), the expanded model the stages started from (the base
 network and rows plus the new rows at their init, so the new rows move back along the line too), or an earlier
-stage (possibly more new tokens, before a prune). Rows are interpolated for the ids both tokenizers share, which must be the same tokens (after a
-prune ranked by use, which renumbers the new tokens, a new token is matched by its text instead, and the
-anchor must have them all). Every other row is the trained model's (an embedding row exists only on one
+stage (possibly more new tokens, before a prune). Rows are interpolated for the ids both tokenizers share, which
+must be the same tokens (after a prune ranked by use, which renumbers the new tokens, a new token is matched by
+its text instead, and the anchor must have them all). Every other row is the trained model's (an embedding row exists only on one
 side, or the anchor's row past its own tokenizer is a spare row that was never trained: e5-small's 35).
 Everything else must match in shape.
 The output keeps the trained model's tokenizer, pooling, prompts and expansion.json.
