@@ -160,6 +160,7 @@ def _change_chart(results: Results, baseline: str, labels: Sequence[str], tasks:
     width = 0.8 / len(labels)
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(tasks)), 4))
     for i, (lab, vals) in enumerate(change_points(results, baseline, labels, tasks, main_metric).items()):
+        # C0 is the baseline's colour in main_metrics.png (it comes first there): each model keeps its colour.
         ax.bar(x + (i - (len(labels) - 1) / 2) * width, vals, width, label=lab, color=f"C{i + 1}")
     ax.axhline(0.0, color="black", lw=0.8)
     ax.set_xticks(x, [f"{t}\n{main_metric[t]}" for t in tasks], fontsize=8)
