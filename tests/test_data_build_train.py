@@ -139,6 +139,20 @@ def test_deterministic_and_overwrite(tmp_path, ko_data):
         build_train(ko_data, tmp_path / "c", BuildTrainConfig(pair_sources=["nope"]))
 
 
+def test_strategyqa_validation_split_leaves_training_only_when_asked(built, tmp_path, ko_data):
+    out, manifest = built
+    validation = eval_sets.strategyqa_validation_ids()
+    by_default = {p.group.split(":", 1)[1] for p in _pairs(out, "strategyqa")}
+    assert len(by_default & validation) == 500  # off by default: the profile's training data is unchanged
+    cfg = BuildTrainConfig(pair_sources=["strategyqa"], text_sources=["unesco"], strategyqa_validation=True)
+    m = build_train(ko_data, tmp_path / "v", cfg)
+    kept = {p.group.split(":", 1)[1] for p in _pairs(tmp_path / "v", "strategyqa")}
+    assert not kept & validation and kept == by_default - validation
+    assert m["pairs"]["strategyqa"]["dropped"]["validation_split"] == 500
+    assert m["excluded"]["evaluation_texts"]["strategyqa_validation"] > 500  # questions and facts
+    assert "strategyqa_validation" in m["excluded"] and "strategyqa_validation" not in manifest["excluded"]
+
+
 def test_missing_holdout_file_is_a_clear_error(tmp_path, ko_data, monkeypatch):
     monkeypatch.setattr(eval_sets, "HOLDOUT_FILE", tmp_path / "absent_ids.txt")
     with pytest.raises(UserError, match="hold-out ids.*missing"):

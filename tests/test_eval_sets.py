@@ -10,6 +10,7 @@ import pytest
 
 from koemb.data.eval_sets import (
     make_strategyqa_holdout,
+    make_strategyqa_validation,
     parse_strategyqa_input,
     read_korquad_retrieval,
     read_korsts,
@@ -18,6 +19,7 @@ from koemb.data.eval_sets import (
     read_strategyqa,
     read_strategyqa_retrieval,
     strategyqa_holdout_ids,
+    strategyqa_validation_ids,
 )
 from koemb.errors import UserError
 from koemb.eval.separation import BUILTIN_SEPARATION, read_separation
@@ -35,6 +37,19 @@ def test_strategyqa_parses_tolerantly_and_the_holdout_is_reproducible(ko_data):
     data = read_strategyqa_retrieval(ko_data / STRATEGYQA)
     assert set(data.queries) == shipped and len(data.corpus) <= 1000
     assert all(len(rel) == 1 and next(iter(rel)) in data.corpus for rel in data.qrels.values())
+
+
+def test_the_strategyqa_validation_split_is_reproducible_and_outside_the_holdout(ko_data):
+    items = read_strategyqa(ko_data / STRATEGYQA)
+    holdout, shipped = strategyqa_holdout_ids(), strategyqa_validation_ids()
+    assert len(shipped) == 500 and shipped <= {it.id for it in items} and not shipped & holdout
+    assert set(make_strategyqa_validation(items, holdout)) == shipped  # the file is what the seeded draw gives
+    data = read_strategyqa_retrieval(ko_data / STRATEGYQA, split="validation")
+    assert set(data.queries) == shipped and 0 < len(data.corpus) <= 500
+    test_docs = {text for _, text in read_strategyqa_retrieval(ko_data / STRATEGYQA).corpus.values()}
+    assert not {text for _, text in data.corpus.values()} & test_docs  # no passage of the test is a validation passage
+    with pytest.raises(UserError, match=r"StrategyQA split 'dev' is not one of test, validation"):
+        read_strategyqa_retrieval(ko_data / STRATEGYQA, split="dev")
 
 
 @pytest.mark.parametrize(

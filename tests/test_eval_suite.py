@@ -178,6 +178,16 @@ def test_shipped_korean_suites_load(name, ko_data):
     assert all(suite.resolve_path(t) is None or suite.resolve_path(t).exists() for t in suite.tasks)
 
 
+def test_the_question_passage_validation_suite_reads_the_validation_split(ko_data):
+    from koemb.data.eval_sets import strategyqa_holdout_ids, strategyqa_validation_ids
+    from koemb.eval.tasks import read_task_data
+
+    suite = load_suite(Path(__file__).resolve().parents[1] / "configs" / "suites" / "me5-study-val-qa.yaml")
+    task = next(t for t in suite.tasks if t.name == "ko-strategyqa-validation")
+    data = read_task_data(task.type, task.reader, suite.resolve_path(task), task.split)
+    assert set(data.queries) == strategyqa_validation_ids() and not set(data.queries) & strategyqa_holdout_ids()
+
+
 def test_training_log_reader_keeps_the_last_record_of_a_resumed_step_and_skips_torn_lines(tmp_path):
     from koemb.eval.report import read_training_log, write_training_chart
 

@@ -19,7 +19,8 @@ Pair sources (registry `PAIR_SOURCES`; each handles its data set's traps, see ..
   component of duplicates.
 - `parakqc`: 10 paraphrases per set, set id = line_no // 10; each sentence -> the next in its set.
 - `strategyqa`: question -> facts (the evaluation's own tolerant parser), WITHOUT the hold-out ids
-  the evaluation ships (`koemb/resources/strategyqa_holdout_ids.txt`).
+  the evaluation ships (`koemb/resources/strategyqa_holdout_ids.txt`), and with `strategyqa_validation: true`
+  without the validation split's 500 either (`strategyqa_validation_ids.txt`).
 - `stsb_ko_en`: KorSTS train sentence -> its English STS-B original, aligned by (genre, file,
   year, id): cross-lingual pairs that keep the model bilingual.
 - `petitions_title`: a petition's title -> its body (a real positive for unlabeled text; Qwen3
@@ -100,6 +101,10 @@ class BuildTrainConfig(StrictModel):
     """KorSTS train pairs with at least this score (0-5) are positives."""
     decontaminate: bool = True
     """Drop training texts equal to evaluation texts."""
+    strategyqa_validation: bool = False
+    """Leave the StrategyQA validation split (`koemb/resources/strategyqa_validation_ids.txt`, 500 questions) out of
+    training too, so a suite task `{reader: strategyqa, split: validation}` can choose between runs on question ->
+    passage retrieval without reading the hold-out."""
     hub: list[HubSource] = Field(default_factory=list)
 
 
@@ -317,11 +322,24 @@ def _holdout_ids() -> set[str]:
         ) from None
 
 
+def _validation_ids() -> set[str]:
+    from koemb.data import eval_sets
+
+    try:
+        return eval_sets.strategyqa_validation_ids()
+    except FileNotFoundError:
+        raise UserError(
+            f"{eval_sets.VALIDATION_FILE}: the StrategyQA validation ids are missing; restore the file or set "
+            "`strategyqa_validation: false`"
+        ) from None
+
+
 @pair_source("strategyqa", "sionic_strategyqa_ko")
 def _strategyqa(ctx: Context) -> Iterator[Pair]:
     from koemb.data.eval_sets import read_strategyqa
 
     holdout = _holdout_ids()
+    validation = _validation_ids() if ctx.cfg.strategyqa_validation else set()
     path = ctx.path("sionic_strategyqa_ko/task169_strategyqa_sentence_generation_ko.json")
     total = len(json.loads(path.read_text(encoding="utf-8")).get("Instances", []))
     items = read_strategyqa(path)  # the evaluation's tolerant parser: same query / facts format
@@ -329,6 +347,9 @@ def _strategyqa(ctx: Context) -> Iterator[Pair]:
     for it in items:
         if it.id in holdout:
             ctx.drop("evaluation_holdout")
+            continue
+        if it.id in validation:
+            ctx.drop("validation_split")
             continue
         yield Pair(it.question, it.facts, group=f"strategyqa:{it.id}", source="strategyqa")
 
@@ -388,12 +409,14 @@ def _norm(text: str) -> str:
     return " ".join(text.split())
 
 
-def evaluation_texts(root: Path, en_stsb: Path | None = None) -> tuple[set[str], dict[str, int]]:
+def evaluation_texts(root: Path, en_stsb: Path | None = None, strategyqa_validation: bool = False,
+                     ) -> tuple[set[str], dict[str, int]]:
     """Every text the evaluation uses, whitespace-normalised; and how many came from which file.
 
     en_stsb: the English STS-B folder; its dev split is the "no worse at English" check, so its sentences must
     not reach training either (the Korean<->English pairs take their English side from STS-B train, which
-    repeats some dev sentences verbatim)."""
+    repeats some dev sentences verbatim).
+    strategyqa_validation: the StrategyQA validation split's questions and facts count as evaluation texts."""
     from koemb.data import eval_sets
     from koemb.resources import RESOURCES
 
@@ -416,7 +439,11 @@ def evaluation_texts(root: Path, en_stsb: Path | None = None) -> tuple[set[str],
     p = root / "sionic_strategyqa_ko" / "task169_strategyqa_sentence_generation_ko.json"
     if p.is_file():
         holdout = _holdout_ids()
-        add("strategyqa_holdout", (t for it in eval_sets.read_strategyqa(p) if it.id in holdout for t in (it.question, it.facts)))
+        items = eval_sets.read_strategyqa(p)
+        add("strategyqa_holdout", (t for it in items if it.id in holdout for t in (it.question, it.facts)))
+        if strategyqa_validation:
+            validation = _validation_ids()
+            add("strategyqa_validation", (t for it in items if it.id in validation for t in (it.question, it.facts)))
     p = en_stsb / "sts-dev.csv" if en_stsb is not None else None
     if p is not None and p.is_file():
         add("en/stsb/sts-dev.csv", (s for row in _tsv(p, header=False) for s in row[5:7]))
@@ -576,7 +603,8 @@ def build_train(
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise UserError(f"{out}: already exists and is not empty; choose another --out or pass --overwrite")
 
-    eval_texts, eval_counts = evaluation_texts(root, _en_stsb_dir(root, cfg)) if cfg.decontaminate else (set(), {})
+    eval_texts, eval_counts = (evaluation_texts(root, _en_stsb_dir(root, cfg), cfg.strategyqa_validation)
+                               if cfg.decontaminate else (set(), {}))
     if out.exists():
         shutil.rmtree(out)
     manifest: dict[str, Any] = {
@@ -588,6 +616,7 @@ def build_train(
             "files": ["korsts/sts-dev.tsv", "korsts/sts-test.tsv", "korquad_v1_dev/KorQuAD_v1.0_dev.json",
                       "en/stsb/sts-dev.csv (English; when present)"],
             "strategyqa_holdout": "koemb/resources/strategyqa_holdout_ids.txt",
+            **({"strategyqa_validation": "koemb/resources/strategyqa_validation_ids.txt"} if cfg.strategyqa_validation else {}),
             "evaluation_texts": eval_counts,
             "rule": "pairs or texts equal (whitespace-normalised) to an evaluation text are dropped",
         },

@@ -27,6 +27,11 @@ from koemb.resources import RESOURCES
 HOLDOUT_FILE = RESOURCES / "strategyqa_holdout_ids.txt"
 HOLDOUT_SEED = 20261128
 HOLDOUT_SIZE = 1000
+# A validation split of the training side: 500 ids outside the hold-out, for choosing between runs on question ->
+# passage retrieval. Training keeps them unless build-train's `strategyqa_validation` leaves them out.
+VALIDATION_FILE = RESOURCES / "strategyqa_validation_ids.txt"
+VALIDATION_SEED = 20261206
+VALIDATION_SIZE = 500
 
 
 @dataclass
@@ -230,18 +235,41 @@ def make_strategyqa_holdout(items: list[StrategyQAItem], size: int = HOLDOUT_SIZ
     return sorted(random.Random(seed).sample(ids, size))
 
 
+def make_strategyqa_validation(items: list[StrategyQAItem], holdout: set[str], size: int = VALIDATION_SIZE,
+                               seed: int = VALIDATION_SEED) -> list[str]:
+    """The seeded validation split: `size` ids drawn from the parsed items outside `holdout`, sorted (how the
+    shipped file was made)."""
+    ids = sorted({it.id for it in items} - holdout)
+    return sorted(random.Random(seed).sample(ids, size))
+
+
+def _id_file(path: Path) -> set[str]:
+    return {line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+
+
 def strategyqa_holdout_ids() -> set[str]:
     """Ids of the StrategyQA questions that evaluation uses and training must never see."""
-    return {line.strip() for line in HOLDOUT_FILE.read_text(encoding="utf-8").splitlines() if line.strip()}
+    return _id_file(HOLDOUT_FILE)
 
 
-def read_strategyqa_retrieval(path: str | Path, holdout: set[str] | None = None) -> RetrievalData:
+def strategyqa_validation_ids() -> set[str]:
+    """Ids of the StrategyQA validation split (`split: validation`); outside the hold-out."""
+    return _id_file(VALIDATION_FILE)
+
+
+STRATEGYQA_SPLITS = {"test": strategyqa_holdout_ids, "validation": strategyqa_validation_ids}
+
+
+def read_strategyqa_retrieval(path: str | Path, holdout: set[str] | None = None, split: str = "test") -> RetrievalData:
     """StrategyQA hold-out -> retrieval: query = question, relevant doc = its facts (de-duplicated).
 
     The corpus is the hold-out questions' facts (about 1,000 documents), so every document is some
-    hold-out question's answer and none comes from the training side.
+    hold-out question's answer and none comes from the training side. `split: validation` reads the
+    validation ids instead (500 questions and their facts); `holdout` gives the ids directly.
     """
-    ids = holdout if holdout is not None else strategyqa_holdout_ids()
+    if holdout is None and split not in STRATEGYQA_SPLITS:
+        raise UserError(f"{path}: StrategyQA split {split!r} is not one of {', '.join(STRATEGYQA_SPLITS)}")
+    ids = holdout if holdout is not None else STRATEGYQA_SPLITS[split]()
     items = [it for it in read_strategyqa(path) if it.id in ids]
     if not items:
         raise UserError(f"{path}: none of the {len(ids)} hold-out ids are in this file")

@@ -45,7 +45,7 @@ class TaskSpec(StrictModel):
     limit: int | None = Field(default=None, ge=1)
     """Use only the first N queries (retrieval) or pairs (sts, separation): quick runs."""
     split: str = "test"
-    """BEIR qrels split (`qrels/<split>.tsv`)."""
+    """BEIR qrels split (`qrels/<split>.tsv`); for `strategyqa`, `test` (the hold-out) or `validation`."""
 
 
 class Suite(StrictModel):

@@ -62,7 +62,7 @@ TASK_TYPES: dict[str, TaskType] = {
         readers={
             "beir": lambda path, split="test": read_beir(path, split),
             "korquad": lambda path, split="test": eval_sets.read_korquad_retrieval(path),
-            "strategyqa": lambda path, split="test": eval_sets.read_strategyqa_retrieval(path),
+            "strategyqa": lambda path, split="test": eval_sets.read_strategyqa_retrieval(path, split=split),
             "korsts": lambda path, split="test": eval_sets.read_korsts_retrieval(path),
             "inverse_cloze": lambda path, split="test": eval_sets.read_inverse_cloze(path),
         },
