@@ -8,10 +8,11 @@ recipe need other models than koemb writes, so they are built here:
                    base + sum_i c_i * (stage_i - stage_{i-1})  (stage_0 = the base), shared rows and network.
                    With every c_i = alpha this is `final/` (to float rounding). Which stage's change costs what:
                    e.g. the adaptation stage kept whole and the contrastive stages halved.
---new-rows-coef c1,...,cn   the same for the new tokens' rows, from the run's expanded/ (their init):
-                   init + sum_i c_i * (stage_i - stage_{i-1}). Default: as trained (every c_i = 1), as
-                   `interpolate:` keeps them. Session 35: is stage 3's change to the rows (made beside the
-                   LoRA'd network) to be scaled like the network's?
+--new-rows-coef c1,...,cn   the same for the new tokens' rows, from their init (the run's expanded model):
+                   init + sum_i c_i * (stage_i - stage_{i-1}). Default: what the config's `interpolate:` does,
+                   as trained (every c_i = 1) with `anchor: base`, the --coef with `anchor: expanded`.
+                   Session 35: is stage 3's change to the rows (made beside the LoRA'd network) to be scaled
+                   like the network's?
 --drop-particles   the prune leaves out new tokens that are a word plus a Korean particle (josa): the token's
                    text (word-start mark or not) = the text of a base piece that starts a word (e.g. '▁정부')
                    + one of PARTICLES ('▁정부의'). N other tokens stay, ranked as the config's prune ranks
@@ -57,7 +58,7 @@ PARTICLES = ("에서의", "으로서", "에서", "에게", "으로", "로서", "
 
 def path_mix(start: torch.Tensor, path: list[torch.Tensor], coef: list[float]) -> torch.Tensor:
     """start + sum_i coef[i] * (path[i] - path[i-1]) (path[-1] = start), summed in float64; pure."""
-    acc, prev = start.double(), start
+    acc, prev = start.to(torch.float64, copy=True), start  # a copy: `start` is the caller's
     for c, step in zip(coef, path):
         acc += c * (step - prev).double()
         prev = step
@@ -103,9 +104,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--coef", default=None, help="one per stage, comma-separated (default: the config's alpha for each)")
     ap.add_argument("--new-rows-coef", default=None,
-                    help="one per stage for the new rows, from the run's expanded/ (default: as trained)")
+                    help="one per stage for the new rows, from their init (default: as the config's interpolate: does)")
     ap.add_argument("--expanded", type=Path, default=None,
-                    help="the new rows' init for --new-rows-coef (default: RUN/expanded)")
+                    help="the new rows' init (default: the config's expanded_model, else RUN/expanded)")
     ap.add_argument("--keep", type=int, default=None, help="new tokens kept (default: the config's prune.keep_new_tokens)")
     ap.add_argument("--drop-particles", action="store_true")
     ap.add_argument("--keep-particles", type=int, default=0)
@@ -124,7 +125,10 @@ def main() -> None:
         coef = [float(x) for x in args.coef.split(",")]
         if len(coef) != len(names):
             raise SystemExit(f"--coef: {len(names)} stages ({', '.join(names)}), {len(coef)} coefficients")
-    new_coef = None
+    if cfg.interpolate.anchor not in ("base", "expanded"):
+        raise SystemExit(f"{args.config}: interpolate.anchor {cfg.interpolate.anchor!r}: this script mixes from the base "
+                         "(and the new rows from the expanded model); an earlier stage as the anchor is not built here")
+    new_coef = list(coef) if cfg.interpolate.anchor == "expanded" else None
     if args.new_rows_coef is not None:
         new_coef = [float(x) for x in args.new_rows_coef.split(",")]
         if len(new_coef) != len(names):
@@ -138,8 +142,11 @@ def main() -> None:
     emb_key = next(k for k in stages[-1] if k.endswith("word_embeddings.weight") or k.endswith("embed_tokens.weight"))
     new_rows = None
     if new_coef is not None:
-        init_dir = args.run / "expanded" if args.expanded is None else args.expanded
-        init = load_file(str(transformer_dir(init_dir) / "model.safetensors"))[emb_key][shared:]
+        init_dir = args.expanded or (Path(cfg.expanded_model) if cfg.expanded_model else args.run / "expanded")
+        init_file = transformer_dir(init_dir) / "model.safetensors"
+        if not init_file.is_file():
+            raise SystemExit(f"{init_file}: the new rows' init (the run's expanded model) not found; pass --expanded")
+        init = load_file(str(init_file))[emb_key][shared:]
         if init.shape != stages[-1][emb_key][shared:].shape:
             raise SystemExit(f"{init_dir}: new rows {tuple(init.shape)}, the stages have "
                              f"{tuple(stages[-1][emb_key][shared:].shape)}: not this run's expanded model")

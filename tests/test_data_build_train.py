@@ -159,6 +159,15 @@ def test_missing_holdout_file_is_a_clear_error(tmp_path, ko_data, monkeypatch):
         build_train(ko_data, tmp_path / "o", BuildTrainConfig(pair_sources=["strategyqa"], text_sources=[]))
 
 
+def test_missing_validation_file_is_a_clear_error_only_when_asked_for(tmp_path, ko_data, monkeypatch):
+    monkeypatch.setattr(eval_sets, "VALIDATION_FILE", tmp_path / "absent_ids.txt")
+    build_train(ko_data, tmp_path / "off", BuildTrainConfig(pair_sources=["strategyqa"], text_sources=["unesco"]))
+    with pytest.raises(UserError, match=r"validation ids are missing.*strategyqa_validation: false"):
+        build_train(ko_data, tmp_path / "on", BuildTrainConfig(pair_sources=["strategyqa"], text_sources=["unesco"],
+                                                               strategyqa_validation=True))
+    assert not (tmp_path / "on").exists()
+
+
 def test_hub_source_offline_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     src = HubSource(name="web", repo="HAERAE-HUB/some-set", files=["train.jsonl"], kind="text")

@@ -52,6 +52,14 @@ def test_the_strategyqa_validation_split_is_reproducible_and_outside_the_holdout
         read_strategyqa_retrieval(ko_data / STRATEGYQA, split="dev")
 
 
+def test_a_missing_strategyqa_ids_file_is_named(ko_data, tmp_path, monkeypatch):
+    from koemb.data import eval_sets
+
+    monkeypatch.setattr(eval_sets, "VALIDATION_FILE", tmp_path / "absent.txt")
+    with pytest.raises(UserError, match=r"absent\.txt: the StrategyQA validation ids are missing"):
+        read_strategyqa_retrieval(ko_data / STRATEGYQA, split="validation")
+
+
 @pytest.mark.parametrize(
     "text,expected",
     [

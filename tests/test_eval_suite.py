@@ -82,6 +82,9 @@ def test_suite_paths_resolve_against_the_suite_file(suite_dir):
         ("tasks:\n  - {name: a, type: sts, path: nowhere.jsonl}\n", "nowhere.jsonl does not exist"),
         ("tasks:\n  - {name: a, type: clustering}\n", "tasks.0.type"),
         ("tasks:\n  - {name: a, type: separation}\n  - {name: a, type: separation}\n", "duplicate task name"),
+        # a reader of one fixed set must not read `validation` as the test
+        ("tasks:\n  - {name: a, type: sts, path: x.jsonl, split: validation}\n", "tasks.0 (a).split: reader 'file' reads test; got 'validation'"),
+        ("tasks:\n  - {name: a, type: retrieval, reader: strategyqa, path: x.jsonl, split: valid}\n", "reader 'strategyqa' reads test, validation; got 'valid'"),
     ],
 )
 def test_suite_errors_name_the_field(suite_dir, body, message):

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from final_variants import is_particle_token, mixed_state
+from final_variants import is_particle_token, mixed_state, path_mix
 
 from koemb.model.interpolate import interpolate_state
 
@@ -61,6 +61,12 @@ def test_new_rows_follow_their_own_coefficients_from_their_init():
     assert torch.allclose(ones[EMB][5:], new(2), atol=1e-6)
     zeros = mixed_state(base, stages, [0.7] * 3, EMB, shared=5, new_rows=(init, [0.0] * 3))
     assert torch.equal(zeros[EMB][5:], init)
+
+
+def test_path_mix_leaves_a_float64_start_alone():
+    start, path = torch.zeros(2, dtype=torch.float64), [torch.ones(2, dtype=torch.float64)]
+    assert torch.equal(path_mix(start, path, [0.5]), torch.full((2,), 0.5, dtype=torch.float64))
+    assert torch.equal(start, torch.zeros(2, dtype=torch.float64))
 
 
 def test_word_plus_particle_tokens():

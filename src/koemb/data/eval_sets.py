@@ -269,10 +269,13 @@ def read_strategyqa_retrieval(path: str | Path, holdout: set[str] | None = None,
     """
     if holdout is None and split not in STRATEGYQA_SPLITS:
         raise UserError(f"{path}: StrategyQA split {split!r} is not one of {', '.join(STRATEGYQA_SPLITS)}")
-    ids = holdout if holdout is not None else STRATEGYQA_SPLITS[split]()
+    try:
+        ids = holdout if holdout is not None else STRATEGYQA_SPLITS[split]()
+    except FileNotFoundError as exc:
+        raise UserError(f"{exc.filename}: the StrategyQA {split} ids are missing (the file ships with koemb)") from None
     items = [it for it in read_strategyqa(path) if it.id in ids]
     if not items:
-        raise UserError(f"{path}: none of the {len(ids)} hold-out ids are in this file")
+        raise UserError(f"{path}: none of the {len(ids)} {split} ids are in this file")
     corpus: dict[str, tuple[str, str]] = {}
     by_text: dict[str, str] = {}
     queries: dict[str, str] = {}

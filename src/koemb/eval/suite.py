@@ -27,7 +27,7 @@ from pydantic import Field, PrivateAttr
 
 from koemb.config import StrictModel, load_yaml_model, validate_model
 from koemb.errors import UserError
-from koemb.eval.tasks import TASK_TYPES
+from koemb.eval.tasks import READER_SPLITS, TASK_TYPES
 
 
 class TaskSpec(StrictModel):
@@ -45,7 +45,8 @@ class TaskSpec(StrictModel):
     limit: int | None = Field(default=None, ge=1)
     """Use only the first N queries (retrieval) or pairs (sts, separation): quick runs."""
     split: str = "test"
-    """BEIR qrels split (`qrels/<split>.tsv`); for `strategyqa`, `test` (the hold-out) or `validation`."""
+    """BEIR qrels split (`qrels/<split>.tsv`); for `strategyqa`, `test` (the hold-out) or `validation`; the other
+    readers read one fixed set and accept only `test`."""
 
 
 class Suite(StrictModel):
@@ -78,6 +79,10 @@ def check_suite(suite: Suite, source: str) -> Suite:
         tt = TASK_TYPES[task.type]
         if task.reader is not None and task.reader not in tt.readers:
             raise UserError(f"{where}.reader: unknown reader {task.reader!r} for type {task.type}; expected one of {', '.join(tt.readers)}")
+        reader = task.reader or tt.default_reader
+        splits = READER_SPLITS.get(reader, ("test",))
+        if splits is not None and task.split not in splits:
+            raise UserError(f"{where}.split: reader {reader!r} reads {', '.join(splits)}; got {task.split!r}")
         if tt.needs_path and task.path is None:
             raise UserError(f"{where}.path: a {task.type} task needs a path")
         path = suite.resolve_path(task)

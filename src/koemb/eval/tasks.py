@@ -102,6 +102,11 @@ TASK_TYPES: dict[str, TaskType] = {
 }
 
 
+# The `split:` values a reader understands (None: any, BEIR's qrels/<split>.tsv); a reader not listed reads one
+# fixed set and takes only "test", so that `split: validation` is never silently read as the test.
+READER_SPLITS: dict[str, tuple[str, ...] | None] = {"beir": None, "strategyqa": tuple(eval_sets.STRATEGYQA_SPLITS)}
+
+
 def read_task_data(type_name: str, reader: str | None, path: Path | None, split: str = "test") -> Any:
     """The task's data, read by the named reader (or the type's default)."""
     tt = TASK_TYPES[type_name]

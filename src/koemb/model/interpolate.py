@@ -136,7 +136,8 @@ def interpolate_models(
 ) -> Path:
     """Write anchor + alpha * (model - anchor) as a sentence-transformers folder at `out` (see the module doc).
 
-    anchor: the base model (folder or hub id) or an earlier stage's folder; model: a trained folder.
+    anchor: the base model (folder or hub id), the run's expanded model (its new rows move back towards their
+        init too) or an earlier stage's folder; model: a trained folder.
     field: how the error message names alpha (a CLI flag or a config field).
     allow_pickle: let the anchor load from .bin/.pt weights (a run whose base model has only those); the
         trained folder is koemb's own, always safetensors.

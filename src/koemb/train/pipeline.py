@@ -240,7 +240,7 @@ class PipelineConfig(StrictModel):
     evaluation: EvaluationConfig | None = None
     prune: PruneConfig | None = Field(None, description="Keep only N of the new tokens in final/ (the stages keep all).")
     interpolate: InterpolateConfig | None = Field(
-        None, description="Make final/ a weight-space interpolation between the last stage and the base (or an earlier stage)."
+        None, description="Make final/ a weight-space interpolation between the last stage and the base (or the expanded model, or an earlier stage)."
     )
     refit: StageConfig | None = Field(
         None,
