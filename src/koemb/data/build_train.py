@@ -309,37 +309,30 @@ def _parakqc(ctx: Context) -> Iterator[Pair]:
             yield Pair(s, sentences[(i + 1) % len(sentences)], group=f"parakqc:{set_id}", source="parakqc")
 
 
-def _holdout_ids() -> set[str]:
+# Why training cannot go on without a split's shipped ids file, and what to do about it.
+_MISSING_IDS = {
+    "test": "the StrategyQA hold-out ids (shipped by the evaluation) are missing, so StrategyQA cannot be used for "
+            "training without leaking evaluation questions; restore the file or leave `strategyqa` out of pair_sources",
+    "validation": "the StrategyQA validation ids are missing; restore the file or set `strategyqa_validation: false`",
+}
+
+
+def _split_ids(split: str) -> set[str]:
+    """The StrategyQA ids of `split` (`test`: the hold-out, `validation`) that training leaves out."""
     from koemb.data import eval_sets
 
     try:
-        return eval_sets.strategyqa_holdout_ids()
-    except FileNotFoundError:
-        raise UserError(
-            f"{eval_sets.HOLDOUT_FILE}: the StrategyQA hold-out ids (shipped by the evaluation) are missing, "
-            "so StrategyQA cannot be used for training without leaking evaluation questions; "
-            "restore the file or leave `strategyqa` out of pair_sources"
-        ) from None
-
-
-def _validation_ids() -> set[str]:
-    from koemb.data import eval_sets
-
-    try:
-        return eval_sets.strategyqa_validation_ids()
-    except FileNotFoundError:
-        raise UserError(
-            f"{eval_sets.VALIDATION_FILE}: the StrategyQA validation ids are missing; restore the file or set "
-            "`strategyqa_validation: false`"
-        ) from None
+        return eval_sets.STRATEGYQA_SPLITS[split]()
+    except FileNotFoundError as exc:
+        raise UserError(f"{exc.filename}: {_MISSING_IDS[split]}") from None
 
 
 @pair_source("strategyqa", "sionic_strategyqa_ko")
 def _strategyqa(ctx: Context) -> Iterator[Pair]:
     from koemb.data.eval_sets import read_strategyqa
 
-    holdout = _holdout_ids()
-    validation = _validation_ids() if ctx.cfg.strategyqa_validation else set()
+    holdout = _split_ids("test")
+    validation = _split_ids("validation") if ctx.cfg.strategyqa_validation else set()
     path = ctx.path("sionic_strategyqa_ko/task169_strategyqa_sentence_generation_ko.json")
     total = len(json.loads(path.read_text(encoding="utf-8")).get("Instances", []))
     items = read_strategyqa(path)  # the evaluation's tolerant parser: same query / facts format
@@ -438,11 +431,11 @@ def evaluation_texts(root: Path, en_stsb: Path | None = None, strategyqa_validat
         add("korquad_v1_dev", [*data.queries.values(), *(text for _, text in data.corpus.values())])
     p = root / "sionic_strategyqa_ko" / "task169_strategyqa_sentence_generation_ko.json"
     if p.is_file():
-        holdout = _holdout_ids()
+        holdout = _split_ids("test")
         items = eval_sets.read_strategyqa(p)
         add("strategyqa_holdout", (t for it in items if it.id in holdout for t in (it.question, it.facts)))
         if strategyqa_validation:
-            validation = _validation_ids()
+            validation = _split_ids("validation")
             add("strategyqa_validation", (t for it in items if it.id in validation for t in (it.question, it.facts)))
     p = en_stsb / "sts-dev.csv" if en_stsb is not None else None
     if p is not None and p.is_file():
