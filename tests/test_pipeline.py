@@ -345,8 +345,11 @@ def test_interpolate_chooses_alpha_on_the_validation_suite(tmp_path, ko_data):
 
 
 def test_refit_fits_the_new_rows_of_final_to_final_read_with_the_base_tokenizer(tmp_path):
-    # refit: after prune + interpolate, one more stage on final/, whose teacher is final/'s own weights with the
-    # base tokenizer. Only the new rows may move; final/ is its output; the model before it is a baseline.
+    # refit: after prune + interpolate, more stages on final/, whose teacher is final/'s own weights with the base
+    # tokenizer. Only the new rows may move; final/ is the last pass's output; the model before it is a baseline.
+    # As a list [a, b], two passes (each its own optimizer and lr schedule, one teacher): the e5 study measured this
+    # shape by hand (`koemb train` twice, the second from the first's output), and the pipeline must compute the
+    # same weights, so that measurement is the configured run's.
     from transformers import AutoTokenizer
 
     from koemb.train.pipeline import refit_teacher
@@ -354,35 +357,57 @@ def test_refit_fits_the_new_rows_of_final_to_final_read_with_the_base_tokenizer(
     raw = small_config()
     raw["prune"] = {"keep_new_tokens": 20}
     raw["interpolate"] = {"anchor": "base", "alpha": 0.5}
-    raw["refit"] = {"name": "refit", "train": "new_rows", "objective": {"distill": {"relational": 1.0}},
-                    "data": [{"path": "builtin:ko-sample", "limit": 200}], "lr": 1e-2, "steps": 3, "batch_size": 4, "max_length": 32}
-    out = run_pipeline(validate_model(PipelineConfig, raw, "test"), tmp_path / "out")
-    before, after, stage = (_weights(out / p) for p in ("refit/input", "final", "stages/refit"))
+    rows = {"train": "new_rows", "objective": {"distill": {"relational": 1.0}}, "data": [{"path": "builtin:ko-sample", "limit": 200}],
+            "lr": 1e-2, "steps": 3, "batch_size": 4, "max_length": 32}
+    raw["refit"] = [{"name": "refit", **rows, "seed": 5}, {"name": "refit-more", **rows, "seed": 6}]
+    cfg = validate_model(PipelineConfig, raw, "test")
+    assert [w for w, _ in cfg.refit_stages()] == ["refit.0", "refit.1"]
+    out = run_pipeline(cfg, tmp_path / "out")
+    before, first, stage, after = (_weights(out / p) for p in ("refit/input", "stages/refit", "stages/refit-more", "final"))
     assert all(torch.equal(after[k], stage[k]) for k in after)
     info = json.loads((out / "final" / "expansion.json").read_text())
-    first, emb = info["first_new_id"], "embed_tokens.weight"
+    new, emb = slice(info["first_new_id"], info["first_new_id"] + 20), "embed_tokens.weight"
     assert info["added"] == 20 and info["interpolated"]["alpha"] == 0.5
     assert all(torch.equal(after[k], before[k]) for k in after if k != emb)  # the network is untouched ...
-    assert torch.equal(after[emb][:first], before[emb][:first])  # ... and so are the base rows
-    assert not torch.equal(after[emb][first:first + 20], before[emb][first:first + 20])  # the new rows moved
+    assert torch.equal(after[emb][: new.start], before[emb][: new.start])  # ... and so are the base rows
+    assert not torch.equal(first[emb][new], before[emb][new]) and not torch.equal(after[emb][new], first[emb][new])  # each pass moved them
     assert not (out / "refit" / "teacher").exists() and (out / "cache" / "refit-teacher.safetensors").is_file()
     results = json.loads((out / "eval" / "results.json").read_text())["results"]
-    assert {"rows", "lora", "before-refit", "final"} <= set(results)
+    assert {"rows", "lora", "before-refit", "refit", "final"} <= set(results)
     log = [json.loads(line) for line in (out / "logs" / "train.jsonl").read_text().splitlines()]
-    assert {r.get("stage") for r in log} >= {"rows", "lora", "refit"}
+    assert {r.get("stage") for r in log} >= {"rows", "lora", "refit", "refit-more"}
+    assert {"s02-refit-step0000003", "s03-refit-more-step0000003"} <= {p.name for p in (out / "checkpoints").iterdir()}
 
     # The teacher: the same weights, the base tokenizer (whose ids are the expanded vocabulary's first ones).
-    teacher = refit_teacher(out / "final", str(out / "base"), tmp_path / "teacher")
+    teacher = refit_teacher(out / "refit" / "input", str(out / "base"), tmp_path / "teacher")
     base_tok, teacher_tok = (AutoTokenizer.from_pretrained(str(p)) for p in (out / "base", teacher))
-    assert teacher_tok.get_vocab() == base_tok.get_vocab() and len(teacher_tok) == first
-    assert all(torch.equal(w, after[k]) for k, w in _weights(teacher).items())
+    assert teacher_tok.get_vocab() == base_tok.get_vocab() and len(teacher_tok) == new.start
+    assert all(torch.equal(w, before[k]) for k, w in _weights(teacher).items())
     assert not (teacher / "expansion.json").exists()
 
+    # By hand: `koemb train` from refit/input with the teacher as base_model, then again from its output (renamed).
+    hand = {"base_model": str(teacher), "runtime": {"progress": False}}
+    for i, (start, st) in enumerate([(out / "refit" / "input", raw["refit"][0]), (tmp_path / "h0" / "stages" / "refit", {**raw["refit"][1], "name": "more"})]):
+        cfg_file = tmp_path / f"hand{i}.yaml"
+        cfg_file.write_text(yaml.safe_dump({**hand, "expanded_model": str(start), "stages": [st]}, allow_unicode=True))
+        assert main(["train", "--config", str(cfg_file), "--out", str(tmp_path / f"h{i}")]) == 0
+    assert all(torch.equal(_weights(tmp_path / "h0" / "stages" / "refit")[k], first[k]) for k in first)
+    assert all(torch.equal(_weights(tmp_path / "h1" / "stages" / "more")[k], after[k]) for k in after)
+
+    # One mapping is a list of one, named `refit` in messages; names differ from each other and from the stages'.
+    raw["refit"] = {"name": "refit", **rows}
+    assert [w for w, _ in validate_model(PipelineConfig, raw, "test").refit_stages()] == ["refit"]
     raw["refit"]["objective"] = "infonce"
     with pytest.raises(UserError, match="refit.objective: the refit learns from final/ read with the base tokenizer"):
         validate_model(PipelineConfig, raw, "test")
-    raw["refit"]["objective"], raw["refit"]["name"] = {"distill": {}}, "lora"
-    with pytest.raises(UserError, match="refit.name 'lora' is a stage's name too"):
+    raw["refit"] = [{"name": "refit", **rows}, {"name": "lora", **rows}]
+    with pytest.raises(UserError, match="refit.1.name 'lora' is a stage's name too"):
+        validate_model(PipelineConfig, raw, "test")
+    raw["refit"] = [{"name": "refit", **rows}, {"name": "refit", **rows}]
+    with pytest.raises(UserError, match="refit: stage names must be unique"):
+        validate_model(PipelineConfig, raw, "test")
+    raw["refit"] = []
+    with pytest.raises(UserError, match="refit: give one stage or a non-empty list"):
         validate_model(PipelineConfig, raw, "test")
 
 

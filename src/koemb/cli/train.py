@@ -85,6 +85,8 @@ def validate_cmd(
     notes = validate_pipeline(cfg, str(config))
     for n in notes:
         console.print(f"[yellow]not checked:[/] {n}", highlight=False)
-    kinds = ", ".join(f"{s.name} ({s.train.kind}, {'+'.join(s.objective.parts())})" for s in cfg.stages)
-    refit = f"; then refit: {cfg.refit.name} ({cfg.refit.train.kind}, {'+'.join(cfg.refit.objective.parts())})" if cfg.refit else ""
-    console.print(f"{config}: valid; {len(cfg.stages)} stages: {kinds}{refit}", highlight=False)
+    def kinds(stages) -> str:
+        return ", ".join(f"{s.name} ({s.train.kind}, {'+'.join(s.objective.parts())})" for s in stages)
+
+    refit = f"; then refit: {kinds(cfg.refit)}" if cfg.refit else ""
+    console.print(f"{config}: valid; {len(cfg.stages)} stages: {kinds(cfg.stages)}{refit}", highlight=False)

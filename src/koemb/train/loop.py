@@ -46,7 +46,7 @@ class Runtime:
     progress: bool = True
     stop_after_steps: int | None = None  # testing a crash: leave the loop after this many steps
     skip_bad_batches: bool = False  # a NaN/inf loss or gradient: skip that step (counted) instead of stopping
-    where: str = "stages"  # how the config names the stage list, for messages (stages.<i>)
+    where: str | None = None  # how the config names this stage, for messages (refit, refit.<i>); default stages.<index>
 
 
 @dataclass
@@ -342,7 +342,7 @@ def train_stage(
     `base_tokenizer` (the base model's) is needed by a stage with `dual_segmentation`.
     """
     if stage.dual_segmentation is not None:
-        _check_base_tokenizer(base_tokenizer, first_new_id, f"{runtime.where}.{stage_index}.dual_segmentation")
+        _check_base_tokenizer(base_tokenizer, first_new_id, f"{runtime.where or f'stages.{stage_index}'}.dual_segmentation")
     torch.manual_seed(stage.seed)
     if runtime.gradient_checkpointing:
         # Non-reentrant: works when the inputs need no grad (frozen embeddings, LoRA) without tricks.
@@ -443,10 +443,11 @@ def train_stage(
                 optimizer.zero_grad(set_to_none=True)
                 if not runtime.skip_bad_batches:
                     last = latest_for_stage(runtime.checkpoint_dir, stage_index, stage.name, warn=False)
+                    where = runtime.where or f"stages.{stage_index}"
                     raise UserError(
-                        f"stage '{stage.name}' ({runtime.where}.{stage_index}), step {done} of {total}: {bad}; training stopped "
+                        f"stage '{stage.name}' ({where}), step {done} of {total}: {bad}; training stopped "
                         f"before the update. Last good checkpoint: {last if last else 'none for this stage yet (it restarts from its input model)'}. "
-                        f"Lower {runtime.where}.{stage_index}.lr and continue with --resume, or set runtime.skip_bad_batches: true "
+                        f"Lower {where}.lr and continue with --resume, or set runtime.skip_bad_batches: true "
                         "to skip such steps (they are counted in logs/train.jsonl)"
                     )
                 skipped += 1

@@ -242,13 +242,21 @@ class PipelineConfig(StrictModel):
     interpolate: InterpolateConfig | None = Field(
         None, description="Make final/ a weight-space interpolation between the last stage and the base (or the expanded model, or an earlier stage)."
     )
-    refit: StageConfig | None = Field(
+    refit: list[StageConfig] | None = Field(
         None,
-        description="One more stage after prune and interpolate, on final/, taught by final/ itself read with the BASE "
+        description="More stages after prune and interpolate, on final/, taught by final/ itself read with the BASE "
         "tokenizer (the network's reading of the base pieces, which the new tokens' reading trails): with "
         "`train: new_rows` and a distillation objective, the new rows are fitted to the network they ended up in. "
-        "final/ becomes its output.",
+        "One stage (a mapping) or several (a list, run in order, each from the one before with its own optimizer "
+        "and lr schedule, all with the same teacher). final/ becomes the last one's output.",
     )
+
+    @field_validator("refit", mode="before")
+    @classmethod
+    def _one_refit_stage(cls, v: Any) -> Any:
+        # A single mapping is the common case; a list gives passes whose schedules restart.
+        return [v] if isinstance(v, dict) else v
+
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     trust_remote_code: bool = Field(False, description="Run Python code shipped with the base model (auto_map). Off: only if you trust it.")
     allow_pickle: bool = Field(False, description="Load .bin/.pt pickle weights (a pickle can run code when loaded). Off: safetensors only.")
@@ -266,10 +274,16 @@ class PipelineConfig(StrictModel):
             )
         names = [s.name for s in self.stages]
         if self.refit is not None:
-            if not self.refit.objective.needs_teacher:
-                raise ValueError("refit.objective: the refit learns from final/ read with the base tokenizer; give it a `distill` term")
-            if self.refit.name in names:
-                raise ValueError(f"refit.name {self.refit.name!r} is a stage's name too (both are folders under stages/)")
+            if not self.refit:
+                raise ValueError("refit: give one stage or a non-empty list (or null for none)")
+            for where, st in self.refit_stages():
+                if not st.objective.needs_teacher:
+                    raise ValueError(f"{where}.objective: the refit learns from final/ read with the base tokenizer; give it a `distill` term")
+                if st.name in names:
+                    raise ValueError(f"{where}.name {st.name!r} is a stage's name too (both are folders under stages/)")
+            refits = [st.name for st in self.refit]
+            if len(set(refits)) < len(refits):
+                raise ValueError(f"refit: stage names must be unique (they are folder names); got {refits}")
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"stage names must be unique (they are folder names); repeated: {dup}")
@@ -282,6 +296,15 @@ class PipelineConfig(StrictModel):
         if clash and self.interpolate is not None:
             raise ValueError(f"stage name {clash[0]!r} is also an `interpolate.anchor` keyword; rename the stage")
         return self
+
+    def refit_stages(self) -> list[tuple[str, StageConfig]]:
+        """(where, stage) for each refit stage: `refit` when it is one, `refit.<i>` in a list, as messages name them."""
+        stages = self.refit or []
+        return [("refit" if len(stages) == 1 else f"refit.{i}", st) for i, st in enumerate(stages)]
+
+    def all_stages(self) -> list[tuple[str, StageConfig]]:
+        """(where, stage) for the stages and then the refit stages."""
+        return [*((f"stages.{i}", st) for i, st in enumerate(self.stages)), *self.refit_stages()]
 
     @property
     def final_is_last_stage(self) -> bool:
@@ -336,7 +359,8 @@ def resolve_config_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     elif isinstance(ev, dict) and isinstance(ev.get("suite"), dict):  # an inline suite's task files
         for t in entries(ev["suite"].get("tasks")):
             at(t, "path", True)
-    for st in [*entries(data.get("stages")), data.get("refit")]:
+    refit = data.get("refit")
+    for st in [*entries(data.get("stages")), *(entries(refit) or [refit])]:
         if isinstance(st, dict):
             for e in entries(st.get("data")):
                 at(e, "path", True)
@@ -381,9 +405,8 @@ def validate_pipeline(cfg: PipelineConfig, source: str = "config") -> list[str]:
     notes: list[str] = []
     entries = [(f"tokenizer.corpus.{i}", d) for i, d in enumerate(cfg.tokenizer.corpus if cfg.tokenizer else [])]
     entries += [(f"prune.texts.{i}", d) for i, d in enumerate(cfg.prune.texts if cfg.prune else [])]
-    for si, st in enumerate(cfg.stages):
-        entries += [(f"stages.{si}.data.{j}", d) for j, d in enumerate(st.data)]
-    entries += [(f"refit.data.{j}", d) for j, d in enumerate(cfg.refit.data if cfg.refit else [])]
+    for where, st in cfg.all_stages():
+        entries += [(f"{where}.data.{j}", d) for j, d in enumerate(st.data)]
     for where, d in entries:
         if d.hub is not None:
             notes.append(f"{where}: hub data set {d.hub.repo} not checked (needs the network)")
@@ -391,7 +414,7 @@ def validate_pipeline(cfg: PipelineConfig, source: str = "config") -> list[str]:
         p = resolve_corpus_path(d.path)
         if not p.is_file():
             raise UserError(f"{source}: {where}.path: {p} does not exist")
-    for where, st in [*((f"stages.{si}", st) for si, st in enumerate(cfg.stages)), *([("refit", cfg.refit)] if cfg.refit else [])]:
+    for where, st in cfg.all_stages():
         # Whether a source's pairs are scored decides which objective reads it: a stage that cannot read
         # one of its sources fails now, not when the stage starts (the loop checks again on all rows).
         scored = {f"{source}: {where}.data.{j} ({d.path})": _first_row_scored(resolve_corpus_path(d.path)) for j, d in enumerate(st.data) if d.hub is None}
@@ -418,7 +441,7 @@ def validate_pipeline(cfg: PipelineConfig, source: str = "config") -> list[str]:
     model_cfg = _model_config(cfg.expanded_model or cfg.base_model, notes)
     if model_cfg is not None:
         skeleton = _meta_model(model_cfg)
-        for where, st in [*((f"stages.{si}", st) for si, st in enumerate(cfg.stages)), *([("refit", cfg.refit)] if cfg.refit else [])]:
+        for where, st in cfg.all_stages():
             if st.train.kind == "lora":
                 st.train.check_targets(skeleton, f"{source}: {where}.train.target_modules")
     return notes
@@ -644,9 +667,12 @@ def train_stages(
         checkpoint_dir=out / "checkpoints", log_dir=out / "logs", checkpoint_every=cfg.runtime.checkpoint_every,
         keep_checkpoints=cfg.runtime.keep_checkpoints, log_every=cfg.runtime.log_every,
         gradient_checkpointing=cfg.runtime.gradient_checkpointing, progress=cfg.runtime.progress,
-        skip_bad_batches=cfg.runtime.skip_bad_batches, where=where,
+        skip_bad_batches=cfg.runtime.skip_bad_batches,
     )
+    # How the config names each stage, for messages: stages.<i>; refit (one) or refit.<i> (a list).
+    wheres = [f"{where}.{j}" for j in range(len(cfg.stages))] if where != "refit" or len(cfg.stages) > 1 else [where]
     for i, stage in enumerate(cfg.stages, start=first_index):
+        rt.where = wheres[i - first_index]
         dest = out / "stages" / stage.name
         if (dest / "config.json").is_file():
             if not resume:
@@ -854,20 +880,20 @@ def refit_teacher(model: Path, base: str, dest: Path, trust_remote_code: bool = 
 
 
 def refit_step(cfg: PipelineConfig, out: Path, base: str, acc, resume: bool) -> Path:
-    """`refit:`: final/ (pruned, interpolated) is copied to refit/input/, the refit stage learns from it on the
-    expanded tokenisation with refit/teacher/ (the same weights, base tokenizer) as the teacher, and its
-    output (stages/<refit name>/) becomes final/."""
-    assert cfg.refit is not None
+    """`refit:`: final/ (pruned, interpolated) is copied to refit/input/, the refit stages learn from it in order on
+    the expanded tokenisation with refit/teacher/ (the same weights, base tokenizer) as their one teacher, and the
+    last one's output (stages/<its name>/) becomes final/."""
+    assert cfg.refit
     final, work = out / "final", out / "refit"
-    dest = out / "stages" / cfg.refit.name
+    dest = out / "stages" / cfg.refit[-1].name
     if acc.is_main_process:
         work.mkdir(exist_ok=True)
         _copy_folder(final, work / "input")
         refit_teacher(work / "input", base, work / "teacher", cfg.trust_remote_code)
     acc.wait_for_everyone()
     # Its own teacher cache: the texts are the stages' texts, the teacher is not the base model.
-    one = cfg.model_copy(update={"stages": [cfg.refit]})
-    train_stages(one, out, model=work / "input", base=str(work / "teacher"), resume=resume, accelerator=acc,
+    refits = cfg.model_copy(update={"stages": cfg.refit})
+    train_stages(refits, out, model=work / "input", base=str(work / "teacher"), resume=resume, accelerator=acc,
                  first_index=len(cfg.stages), where="refit", teacher_cache="refit-teacher")
     if acc.is_main_process:
         _copy_folder(dest, final)
@@ -927,6 +953,9 @@ def evaluate_step(cfg: PipelineConfig, out: Path, base: str) -> dict[str, Any] |
         if cfg.refit is not None and (cfg.prune is not None or cfg.interpolate is not None):
             baselines.append(str(out / "refit" / "input"))  # the pruned / interpolated model the refit started from
             labels.append("before-refit")
+        for s in (cfg.refit or [])[:-1]:  # each refit pass but the last (final/ is that one)
+            baselines.append(str(out / "stages" / s.name))
+            labels.append(s.name)
     return evaluate(
         str(out / "final"), suite, out / "eval", baselines=baselines, baseline_labels=labels,
         label="final", preset=None, mteb_tasks=ev.mteb,
