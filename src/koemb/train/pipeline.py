@@ -10,9 +10,9 @@ CLI only parses flags. Output layout under OUT:
     stages/<name>/       one sentence-transformers folder per stage, written when the stage ends
     final/               the last stage's model (with `prune:`, only N of its new tokens; with
                          `interpolate:`, moved back towards the base or an earlier stage; with `refit:`,
-                         the output of that last stage, also kept as stages/<refit name>/)
+                         the output of its last stage, also kept as stages/<that name>/)
     refit/               with `refit:`: input/ (final/ before the refit, evaluated as `before-refit`) and
-                         teacher/ (the same weights with the base tokenizer; removed once the refit stage is written)
+                         teacher/ (the same weights with the base tokenizer; removed once the refit stages are written)
     eval/                what `koemb evaluate` writes: results.json (base, expanded, every stage), report.md, charts;
                          interpolate-alpha/ when alpha is chosen on a validation suite
     checkpoints/         training checkpoints (model folders never hold any)
