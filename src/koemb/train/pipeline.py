@@ -624,7 +624,7 @@ def _first_new_id(folder: Path) -> int | None:
 
 def train_stages(
     cfg: PipelineConfig, out: str | Path, *, model: str | Path | None = None, base: str | None = None, resume: bool = False, accelerator=None,
-    first_index: int = 0, where: str = "stages", teacher_cache: str = "teacher",
+    first_index: int = 0, wheres: list[str] | None = None, teacher_cache: str = "teacher",
 ) -> Path:
     """Run every stage from the expanded `model` (default: OUT/expanded or `expanded_model`); return the last stage's folder.
 
@@ -669,8 +669,8 @@ def train_stages(
         gradient_checkpointing=cfg.runtime.gradient_checkpointing, progress=cfg.runtime.progress,
         skip_bad_batches=cfg.runtime.skip_bad_batches,
     )
-    # How the config names each stage, for messages: stages.<i>; refit (one) or refit.<i> (a list).
-    wheres = [f"{where}.{j}" for j in range(len(cfg.stages))] if where != "refit" or len(cfg.stages) > 1 else [where]
+    # How the config names each stage, for messages: stages.<i> unless the caller says (the refit's stages).
+    wheres = wheres or [f"stages.{j}" for j in range(len(cfg.stages))]
     for i, stage in enumerate(cfg.stages, start=first_index):
         rt.where = wheres[i - first_index]
         dest = out / "stages" / stage.name
@@ -894,7 +894,7 @@ def refit_step(cfg: PipelineConfig, out: Path, base: str, acc, resume: bool) -> 
     # Its own teacher cache: the texts are the stages' texts, the teacher is not the base model.
     refits = cfg.model_copy(update={"stages": cfg.refit})
     train_stages(refits, out, model=work / "input", base=str(work / "teacher"), resume=resume, accelerator=acc,
-                 first_index=len(cfg.stages), where="refit", teacher_cache="refit-teacher")
+                 first_index=len(cfg.stages), wheres=[w for w, _ in cfg.refit_stages()], teacher_cache="refit-teacher")
     if acc.is_main_process:
         _copy_folder(dest, final)
         shutil.rmtree(work / "teacher")
